@@ -1,0 +1,90 @@
+"""`preprocess()`: the one entry from images to the network's float32 NCHW batch plus metadata.
+
+Geometry is planned once per image (rfpipe.geometry); an implementation only moves pixels:
+`reference` (the literal chain), `cpu` (exact, fast) and `cuda` (exact, Triton) are siblings that
+share the geometry and tables and never import each other.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from rfpipe.config import ModelConfig
+from rfpipe.geometry import Overrides, PreprocessMetadata, plan_image, resolve_target_size
+from rfpipe.preprocess.inputs import to_frames
+
+# name -> module holding `run(frames, plans, config, device, color_format) -> Tensor`
+IMPLEMENTATIONS = {
+    "reference": "rfpipe.preprocess.reference",
+    "cpu": "rfpipe.preprocess.cpu",
+    "cuda": "rfpipe.preprocess.cuda",
+}
+
+
+def _color_format(value: Any) -> str:
+    if value is None:
+        return "bgr"
+    if value not in ("bgr", "rgb"):
+        raise ValueError(f"input_color_format must be 'bgr', 'rgb' or None (meaning bgr), got {value!r}")
+    return value
+
+
+def _device(value: Any) -> torch.device:
+    try:
+        return torch.device(value)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"unknown device {value!r}") from error
+
+
+def _cuda_usable(device: torch.device) -> bool:
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    from rfpipe.preprocess import cuda
+
+    return cuda.available(device)
+
+
+def resolve_implementation(implementation: str, device: torch.device) -> Callable[..., torch.Tensor]:
+    """The `run` function for a name; `auto` is the fastest exact implementation for `device`."""
+    if implementation == "auto":
+        implementation = "cuda" if _cuda_usable(device) else "cpu"
+    if implementation not in IMPLEMENTATIONS:
+        allowed = ", ".join(repr(n) for n in [*IMPLEMENTATIONS, "auto"])
+        raise ValueError(f"unknown implementation {implementation!r} (expected one of {allowed})")
+    if implementation == "cuda" and device.type != "cuda":
+        raise ValueError(f"implementation 'cuda' needs a CUDA device, got device={str(device)!r}")
+    return importlib.import_module(IMPLEMENTATIONS[implementation]).run
+
+
+def preprocess(
+    images: Any,
+    config: ModelConfig,
+    device: str | torch.device = "cpu",
+    input_color_format: str | None = "bgr",
+    image_size: int | tuple[int, int] | None = None,
+    overrides: Overrides | None = None,
+    implementation: str = "auto",
+) -> tuple[torch.Tensor, list[PreprocessMetadata]]:
+    """Preprocess images for the network: float32 contiguous NCHW on `device`, and per-image metadata.
+
+    >>> batch, meta = rfpipe.preprocess(frame_bgr, config, device="cpu")  # doctest: +SKIP
+    >>> batch.shape, meta[0].scale_width  # doctest: +SKIP
+    (torch.Size([1, 3, 560, 560]), 0.2916666666666667)
+    """
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"config must be an rfpipe.ModelConfig, got {type(config).__name__}")
+    color_format = _color_format(input_color_format)
+    device = _device(device)
+    run = resolve_implementation(implementation, device)
+    target = resolve_target_size(config, image_size)
+    frames = to_frames(images)
+    plans = [
+        plan_image(config, f.size, target, overrides, color_format, stretch_only=f.is_float_tensor)
+        for f in frames
+    ]
+    batch = run(frames, plans, config, device, color_format)
+    return batch, [p.metadata for p in plans]
