@@ -68,8 +68,12 @@ def preprocess(
     image_size: int | tuple[int, int] | None = None,
     overrides: Overrides | None = None,
     implementation: str = "auto",
+    synchronize: bool = True,
 ) -> tuple[torch.Tensor, list[PreprocessMetadata]]:
     """Preprocess images for the network: float32 contiguous NCHW on `device`, and per-image metadata.
+
+    On CUDA the batch is ordered before later work on the caller's current stream; with
+    `synchronize=False` the call returns without waiting for the GPU (no host synchronisation).
 
     >>> batch, meta = rfpipe.preprocess(frame_bgr, config, device="cpu")  # doctest: +SKIP
     >>> batch.shape, meta[0].scale_width  # doctest: +SKIP
@@ -87,4 +91,6 @@ def preprocess(
         for f in frames
     ]
     batch = run(frames, plans, config, device, color_format)
+    if synchronize and device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
     return batch, [p.metadata for p in plans]
