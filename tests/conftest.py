@@ -107,7 +107,10 @@ class Upstream:
 
     def __init__(self):
         from inference_models import PreProcessingOverrides
-        from inference_models.models.common.roboflow.model_packages import InferenceConfig, ResizeMode
+        from inference_models.models.common.roboflow.model_packages import (
+            InferenceConfig,
+            ResizeMode,
+        )
         from inference_models.models.rfdetr.pre_processing import pre_process_network_input
 
         self._overrides = PreProcessingOverrides
