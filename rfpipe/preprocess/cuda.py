@@ -365,9 +365,9 @@ class _PinnedRing:
         start = self.head if self.head + nbytes <= self.capacity else 0
         end = start + nbytes
         while self.busy and any(s < end and start < e for s, e, _ in self.busy):
-            entry = self.busy[0]
-            if entry[2] is None:
+            if self.busy[0][2] is None:  # this call's own fills: issue their copies first
                 drain()
+                continue
             self.busy.popleft()[2].synchronize()  # the ring wrapped onto a copy still in flight
         self.head = end
         entry = [start, end, None]
@@ -511,7 +511,11 @@ def _cuda_device(device: torch.device | str) -> torch.device:
     return device
 
 
-def _runtime(device: torch.device) -> _Runtime:
+def _runtime(device: torch.device | str) -> _Runtime:
+    try:
+        device = _cuda_device(device)
+    except Exception as error:  # not a CUDA device, or no GPU at all
+        raise RuntimeError(f"rfpipe cuda preprocessing is unavailable on {device}: {error}") from error
     runtime = _runtimes.get(device)
     if runtime is not None:
         return runtime
@@ -545,8 +549,8 @@ def available(device: torch.device | str) -> bool:
     True
     """
     try:
-        _runtime(_cuda_device(device))
-    except (RuntimeError, ValueError):
+        _runtime(device)
+    except RuntimeError:
         return False
     return True
 
@@ -557,7 +561,7 @@ def run(frames: list[Frame], plans: list[ImagePlan], config: ModelConfig, device
 
     >>> batch = run(frames, plans, config, torch.device("cuda"), "bgr")  # doctest: +SKIP
     """
-    return _runtime(_cuda_device(device)).run(frames, plans, config, color_format)
+    return _runtime(device).run(frames, plans, config, color_format)
 
 
 # --------------------------------------------------------------------------------------------

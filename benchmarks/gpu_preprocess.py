@@ -1,0 +1,258 @@
+"""GPU preprocessing benchmark: rfpipe `cuda` against the existing paths, all in one process.
+
+On the same frames and GPU, median wall-clock ms per call (host clock, GPU synchronised) of:
+  rfpipe       rfpipe.preprocess(..., implementation="cuda") from a pageable numpy BGR frame
+  rfpipe-pin   the same from a pinned numpy frame (`cuda.pinned_frame`, what the server decodes into)
+  rfpipe-gpu   the same from a uint8 CUDA tensor (no upload)
+  triton       inference-models' triton-universal-v1 (stretch only; Pillow-exact resize on GPU)
+  base         inference-models' base preprocessor (CPU chain, then upload)
+  tv           torchvision tensor path: upload, float, resize(antialias), normalise (not exact)
+  h2d-pin / h2d-page   host-to-device copy of the uint8 frame from pinned / pageable memory
+for 640x480, 1920x1080 and 3840x2160 frames to 560x560, stretch / letterbox (via 640x480) /
+center-crop (via 640x640), batch 1 and 8; then where rfpipe's time goes (host Python, staging
+fill, copies, kernels). Exactness: rfpipe vs rfpipe reference (torch.equal), triton vs base.
+
+    python benchmarks/gpu_preprocess.py [--reps 50] [--json out.json]
+
+inference-models is optional (its rows are skipped when it does not import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from conftest import make_raw_config  # noqa: E402
+
+import rfpipe  # noqa: E402
+from rfpipe.preprocess import cuda  # noqa: E402
+
+DEV = torch.device("cuda")
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+TARGET = 560
+SIZES = [(480, 640), (1080, 1920), (2160, 3840)]
+MODES = {"stretch": None, "letterbox": (640, 480), "center-crop": (640, 640)}
+
+
+def synthetic_frame(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Gradients plus noise, as the upstream anchor benchmark builds its frames."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    img = np.stack([(xx * 255 // width), (yy * 255 // height), ((xx + yy) * 255 // (width + height))], -1)
+    return np.clip(img + rng.integers(-30, 30, img.shape), 0, 255).astype(np.uint8)
+
+
+def median_ms(fn, reps: int, *args) -> float:
+    for _ in range(3):
+        fn(*args)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn(*args)
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def copy(dst: torch.Tensor, src: torch.Tensor) -> None:
+    dst.copy_(src, non_blocking=src.is_pinned())
+
+
+def rf_config(mode: str) -> rfpipe.ModelConfig:
+    dataset = MODES[mode]
+    return rfpipe.ModelConfig.from_dict(make_raw_config(
+        mode=mode, size=(TARGET, TARGET), dataset=dataset, normalization=[MEAN, STD]))
+
+
+class Upstream:
+    """inference-models' base and triton-universal-v1, driven as the team's anchor script does."""
+
+    def __init__(self):
+        from inference_models.models.common.roboflow.model_packages import (
+            ColorMode,
+            ImagePreProcessing,
+            NetworkInputDefinition,
+            ResizeMode,
+            TrainingInputSize,
+        )
+        from inference_models.models.rfdetr.pre_processing import pre_process_network_input
+        from inference_models.models.rfdetr.triton_universal_preprocess_runtime import (
+            UniversalFastPreprocessRuntime,
+        )
+
+        self.ipp = ImagePreProcessing()
+        self.run_base = pre_process_network_input
+        self.runtime = UniversalFastPreprocessRuntime(DEV)
+        self.stream = torch.cuda.Stream()
+
+        def net(mode):
+            dv = MODES[mode]
+            return NetworkInputDefinition(
+                training_input_size=TrainingInputSize(height=TARGET, width=TARGET),
+                dataset_version_resize_dimensions=None if dv is None else TrainingInputSize(width=dv[0], height=dv[1]),
+                dynamic_spatial_size_supported=False, color_mode=ColorMode.RGB, resize_mode=ResizeMode(mode),
+                input_channels=3, scaling_factor=255, normalization=(MEAN, STD))
+
+        self.nets = {mode: net(mode) for mode in MODES}
+
+    def base(self, images, mode):
+        return self.run_base(images, self.ipp, self.nets[mode], DEV, input_color_format="bgr")[0]
+
+    def triton(self, images):
+        result = self.runtime.preprocess(images, "bgr", self.ipp, self.nets["stretch"], None, self.stream)
+        result.ready_event.synchronize()
+        return result.tensor
+
+
+def torchvision_path(img: np.ndarray) -> torch.Tensor:
+    mean = torch.tensor(MEAN, device=DEV).view(3, 1, 1)
+    std = torch.tensor(STD, device=DEV).view(3, 1, 1)
+    t = torch.from_numpy(img).to(DEV).permute(2, 0, 1).flip(0).float().div(255)
+    t = TF.resize(t, [TARGET, TARGET], antialias=True)
+    return ((t - mean) / std).unsqueeze(0)
+
+
+def breakdown(images, config, reps: int) -> dict:
+    """Split one rfpipe call: host Python (planning), staging (fill + copy issue), GPU copy, kernels."""
+    from rfpipe.geometry import plan_image, resolve_target_size
+    from rfpipe.preprocess.inputs import to_frames
+
+    runtime = cuda._runtime(DEV)
+    rows = {"plan_ms": [], "layout_ms": [], "stage_host_ms": [], "copy_gpu_ms": [], "kernel_gpu_ms": []}
+    for rep in range(reps + 3):
+        t0 = time.perf_counter()
+        frames = to_frames(images)
+        target = resolve_target_size(config, None)
+        plans = [plan_image(config, f.size, target, None, "bgr") for f in frames]
+        t1 = time.perf_counter()
+        with torch.cuda.stream(runtime.stream):
+            jobs, _ = cuda._jobs(frames, plans, "bgr")
+            out = cuda._empty_output(plans, DEV)
+            layout = cuda._Layout(jobs, DEV, runtime.major, in_place=cuda._on_gpu, direct=True)
+            buffer = runtime._device_buffer(layout.total)
+            params = layout.parameters(buffer, out)
+            t2 = time.perf_counter()
+            e0, e1, e2 = (torch.cuda.Event(enable_timing=True) for _ in range(3))
+            e0.record()
+            runtime._upload(layout, params, buffer)
+            t3 = time.perf_counter()
+            e1.record()
+            layout.launch(buffer, runtime._norm(config), out)
+            e2.record()
+        e2.synchronize()
+        if rep >= 3:
+            rows["plan_ms"].append((t1 - t0) * 1e3)
+            rows["layout_ms"].append((t2 - t1) * 1e3)
+            rows["stage_host_ms"].append((t3 - t2) * 1e3)
+            rows["copy_gpu_ms"].append(e0.elapsed_time(e1))
+            rows["kernel_gpu_ms"].append(e1.elapsed_time(e2))
+    return {k: round(statistics.median(v), 4) for k, v in rows.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=50)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    reps = args.reps
+    import triton
+
+    print("device:", torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__,
+          "cpus", os.cpu_count(), "stage threads", cuda.STAGE_THREADS, flush=True)
+    assert cuda.available(DEV), "rfpipe cuda self-check failed"
+    try:
+        upstream = Upstream()
+    except Exception as error:  # inference-models missing: rfpipe rows only
+        print("inference-models unavailable:", repr(error)[:200], flush=True)
+        upstream = None
+    configs = {mode: rf_config(mode) for mode in MODES}
+    rows = []
+
+    def emit(row):
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    for h, w in SIZES:
+        img = synthetic_frame(h, w)
+        pinned = cuda.pinned_frame(h, w)
+        pinned[:] = img
+        on_gpu = torch.from_numpy(img).to(DEV)
+        batch8 = np.stack([synthetic_frame(h, w, seed=s) for s in range(8)])
+        slow_reps = max(5, reps // (10 if w > 2000 else 4))
+        for mode, config in configs.items():
+            for n, images in ((1, img), (8, batch8)):
+                row = {"frame": f"{w}x{h}", "mode": mode, "batch": n}
+
+                def ours(images=images, config=config):
+                    return rfpipe.preprocess(images, config, device=DEV, implementation="cuda")[0]
+
+                row["rfpipe_ms"] = median_ms(ours, reps)
+                expected = rfpipe.preprocess(images, config, implementation="reference")[0]
+                row["rfpipe_exact"] = bool(torch.equal(ours().cpu(), expected))
+                if n == 1:
+                    row["rfpipe_pin_ms"] = median_ms(ours, reps, pinned, config)
+                    row["rfpipe_gpu_ms"] = median_ms(ours, reps, on_gpu, config)
+                if upstream is not None:
+                    base_images = images if n == 1 else list(images)
+                    if n == 1 or w < 3000:
+                        row["base_ms"] = median_ms(lambda b=base_images, m=mode: upstream.base(b, m), slow_reps)
+                    if mode == "stretch":
+                        row["triton_ms"] = median_ms(lambda b=images: upstream.triton(b), reps)
+                        tri = upstream.triton(images).float().cpu()
+                        base_out = upstream.base(base_images, mode).float().cpu()
+                        row["triton_neq_pct"] = round(float((tri != base_out).float().mean() * 100), 2)
+                        row["rfpipe_vs_base_equal"] = bool(torch.equal(ours().cpu(), base_out))
+                if mode == "stretch" and n == 1:
+                    row["tv_ms"] = median_ms(torchvision_path, reps, img)
+                    src = torch.from_numpy(img)
+                    dst = torch.empty_like(src, device=DEV)
+                    row["h2d_pin_ms"] = median_ms(copy, reps, dst, src.pin_memory())
+                    row["h2d_page_ms"] = median_ms(copy, reps, dst, src)
+                if n == 1 or mode == "stretch":
+                    row["breakdown"] = breakdown(images, config, max(10, reps // 2))
+                emit(row)
+
+    print()
+    print("median ms per call (batch 8: per batch); ratio = rfpipe / triton-universal stretch at that size & batch")
+    header = ["frame", "mode", "batch", "rfpipe_ms", "rfpipe_pin_ms", "rfpipe_gpu_ms", "triton_ms", "base_ms",
+              "tv_ms", "h2d_pin_ms", "h2d_page_ms", "ratio", "exact"]
+    print(" | ".join(header))
+    triton_ref = {(r["frame"], r["batch"]): r.get("triton_ms") for r in rows if r["mode"] == "stretch"}
+    for r in rows:
+        t = triton_ref.get((r["frame"], r["batch"]))
+        r["ratio_vs_triton"] = round(r["rfpipe_ms"] / t, 3) if t else None
+        cells = [r["frame"], r["mode"], str(r["batch"])]
+        for k in header[3:11]:
+            cells.append(f"{r[k]:.3f}" if isinstance(r.get(k), float) else "-")
+        cells += [str(r["ratio_vs_triton"]), str(r["rfpipe_exact"])]
+        print(" | ".join(cells))
+    print()
+    print("batch 8 frames/s, rfpipe vs triton-universal (stretch):")
+    for r in rows:
+        if r["batch"] == 8 and r["mode"] == "stretch" and r.get("triton_ms"):
+            print(f"  {r['frame']}: rfpipe {8000 / r['rfpipe_ms']:.0f} fps, triton {8000 / r['triton_ms']:.0f} fps, "
+                  f"x{r['triton_ms'] / r['rfpipe_ms']:.2f}")
+    print()
+    print("breakdown (median ms): plan = to_frames + plan_image; layout = tables + parameter rows; "
+          "stage_host = pinned fill + copy issue (host); copy_gpu / kernel_gpu = GPU time")
+    for r in rows:
+        if "breakdown" in r:
+            print(f"  {r['frame']} {r['mode']} x{r['batch']}: {r['breakdown']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
