@@ -123,12 +123,14 @@ def torchvision_path(img: np.ndarray) -> torch.Tensor:
 
 
 def breakdown(images, config, reps: int) -> dict:
-    """Split one rfpipe call: host Python (planning), staging (fill + copy issue), GPU copy, kernels."""
+    """Split one rfpipe call: geometry (Python), batch preparation (Python), enqueue (staging fill,
+    copy and kernel issue; host), GPU time from the first copy to the last kernel, kernels alone."""
     from rfpipe.geometry import plan_image, resolve_target_size
     from rfpipe.preprocess.inputs import to_frames
+    from rfpipe.preprocess.kernels.triton_batch import launch
 
     runtime = cuda._runtime(DEV)
-    rows = {"plan_ms": [], "layout_ms": [], "stage_host_ms": [], "copy_gpu_ms": [], "kernel_gpu_ms": []}
+    rows = {"geometry_ms": [], "prepare_ms": [], "enqueue_host_ms": [], "gpu_span_ms": []}
     for rep in range(reps + 3):
         t0 = time.perf_counter()
         frames = to_frames(images)
@@ -137,26 +139,36 @@ def breakdown(images, config, reps: int) -> dict:
         t1 = time.perf_counter()
         with torch.cuda.stream(runtime.stream):
             jobs, _ = cuda._jobs(frames, plans, "bgr")
-            out = cuda._empty_output(plans, DEV)
-            layout = cuda._Layout(jobs, DEV, runtime.major, in_place=cuda._on_gpu, direct=True)
-            buffer = runtime._device_buffer(layout.total)
-            params = layout.parameters(buffer, out)
+            shape = cuda._output_shape(plans)
+            out = torch.empty(shape, dtype=torch.float32, device=DEV)
+            sources, pixels = cuda._sources(jobs, DEV, cuda._on_gpu, direct=True)
+            plan = runtime._plan(sources, shape)
+            buffer = runtime._device_buffer(plan.buffer_bytes)
+            norm = runtime._norm(config)
             t2 = time.perf_counter()
-            e0, e1, e2 = (torch.cuda.Event(enable_timing=True) for _ in range(3))
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             e0.record()
-            runtime._upload(layout, params, buffer)
+            runtime._enqueue(plan, pixels, buffer, norm, out)
             t3 = time.perf_counter()
             e1.record()
-            layout.launch(buffer, runtime._norm(config), out)
-            e2.record()
-        e2.synchronize()
+        e1.synchronize()
         if rep >= 3:
-            rows["plan_ms"].append((t1 - t0) * 1e3)
-            rows["layout_ms"].append((t2 - t1) * 1e3)
-            rows["stage_host_ms"].append((t3 - t2) * 1e3)
-            rows["copy_gpu_ms"].append(e0.elapsed_time(e1))
-            rows["kernel_gpu_ms"].append(e1.elapsed_time(e2))
-    return {k: round(statistics.median(v), 4) for k, v in rows.items()}
+            rows["geometry_ms"].append((t1 - t0) * 1e3)
+            rows["prepare_ms"].append((t2 - t1) * 1e3)
+            rows["enqueue_host_ms"].append((t3 - t2) * 1e3)
+            rows["gpu_span_ms"].append(e0.elapsed_time(e1))
+    result = {k: round(statistics.median(v), 4) for k, v in rows.items()}
+    # Kernels alone: 20 back-to-back launches between two events (launch gaps hidden by queueing).
+    params = plan.resident[1] if plan.resident is not None else plan.views(buffer)
+    with torch.cuda.stream(runtime.stream):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        for _ in range(20):
+            launch(plan, runtime.kernels, buffer, params, norm, out, runtime.stream.cuda_stream, DEV.index or 0)
+        e1.record()
+    e1.synchronize()
+    result["kernels_ms"] = round(e0.elapsed_time(e1) / 20, 4)
+    return result
 
 
 def main() -> int:
@@ -243,8 +255,9 @@ def main() -> int:
             print(f"  {r['frame']}: rfpipe {8000 / r['rfpipe_ms']:.0f} fps, triton {8000 / r['triton_ms']:.0f} fps, "
                   f"x{r['triton_ms'] / r['rfpipe_ms']:.2f}")
     print()
-    print("breakdown (median ms): plan = to_frames + plan_image; layout = tables + parameter rows; "
-          "stage_host = pinned fill + copy issue (host); copy_gpu / kernel_gpu = GPU time")
+    print("breakdown (median ms): geometry = to_frames + plan_image; prepare = jobs, signature, cached plan, "
+          "buffers; enqueue_host = staging fill + copy and kernel issue; gpu_span = first copy to last kernel; "
+          "kernels = kernels alone")
     for r in rows:
         if "breakdown" in r:
             print(f"  {r['frame']} {r['mode']} x{r['batch']}: {r['breakdown']}")
