@@ -171,16 +171,41 @@ def breakdown(images, config, reps: int) -> dict:
     return result
 
 
+def profile(reps: int = 300) -> None:
+    """cProfile of rfpipe calls at 640x480 (numpy, pinned numpy, CUDA tensor): where host time goes."""
+    import cProfile
+    import pstats
+
+    img = synthetic_frame(480, 640)
+    pinned = cuda.pinned_frame(480, 640)
+    pinned[:] = img
+    config = rf_config("stretch")
+    for name, images in (("numpy", img), ("pinned", pinned), ("cuda-tensor", torch.from_numpy(img).to(DEV))):
+        for _ in range(20):
+            rfpipe.preprocess(images, config, device=DEV, implementation="cuda")
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(reps):
+            rfpipe.preprocess(images, config, device=DEV, implementation="cuda")
+        profiler.disable()
+        print(f"--- profile {name}: per call, top functions by own time")
+        stats = pstats.Stats(profiler)
+        rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:18]
+        for (file, line, func), (_, _, tt, ct, _) in rows:
+            print(f"  {tt / reps * 1e6:7.1f} us own {ct / reps * 1e6:7.1f} us cum  {func} ({os.path.basename(file)}:{line})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--profile", action="store_true", help="also profile host time at 640x480")
     args = parser.parse_args()
     reps = args.reps
     import triton
 
     print("device:", torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__,
-          "cpus", os.cpu_count(), "stage threads", cuda.STAGE_THREADS, flush=True)
+          "cpus", os.cpu_count(), "torch threads", torch.get_num_threads(), flush=True)
     assert cuda.available(DEV), "rfpipe cuda self-check failed"
     try:
         upstream = Upstream()
@@ -261,6 +286,8 @@ def main() -> int:
     for r in rows:
         if "breakdown" in r:
             print(f"  {r['frame']} {r['mode']} x{r['batch']}: {r['breakdown']}")
+    if args.profile:
+        profile()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
