@@ -64,6 +64,26 @@ def median_ms(fn, reps: int, *args) -> float:
     return statistics.median(times)
 
 
+def ours(images, config) -> torch.Tensor:
+    return rfpipe.preprocess(images, config, device=DEV, implementation="cuda")[0]
+
+
+def interleaved_ms(candidates: dict, reps: int) -> dict[str, float]:
+    """Median ms of each candidate `(fn, *args)`, timed round-robin (one call of each per round)."""
+    for fn, *args in candidates.values():
+        for _ in range(3):
+            fn(*args)
+    torch.cuda.synchronize()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(reps):
+        for name, (fn, *args) in candidates.items():
+            start = time.perf_counter()
+            fn(*args)
+            torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
 def copy(dst: torch.Tensor, src: torch.Tensor) -> None:
     dst.copy_(src, non_blocking=src.is_pinned())
 
@@ -226,35 +246,45 @@ def main() -> int:
         on_gpu = torch.from_numpy(img).to(DEV)
         batch8 = np.stack([synthetic_frame(h, w, seed=s) for s in range(8)])
         slow_reps = max(5, reps // (10 if w > 2000 else 4))
-        for mode, config in configs.items():
-            for n, images in ((1, img), (8, batch8)):
-                row = {"frame": f"{w}x{h}", "mode": mode, "batch": n}
-
-                def ours(images=images, config=config):
-                    return rfpipe.preprocess(images, config, device=DEV, implementation="cuda")[0]
-
-                row["rfpipe_ms"] = median_ms(ours, reps)
+        src = torch.from_numpy(img)
+        dst = torch.empty_like(src, device=DEV)
+        pin_src = src.pin_memory()
+        for n, images in ((1, img), (8, batch8)):
+            # Every candidate of this frame size and batch is timed round-robin in the same loop,
+            # so clock ramps and neighbours' noise hit them alike.
+            candidates = {f"rfpipe/{mode}": (ours, images, config) for mode, config in configs.items()}
+            if n == 1:
+                for mode, config in configs.items():
+                    candidates[f"rfpipe-pin/{mode}"] = (ours, pinned, config)
+                    candidates[f"rfpipe-gpu/{mode}"] = (ours, on_gpu, config)
+                candidates["tv"] = (torchvision_path, img)
+                candidates["h2d-pin"] = (copy, dst, pin_src)
+                candidates["h2d-page"] = (copy, dst, src)
+            if upstream is not None:
+                candidates["triton"] = (upstream.triton, images)
+            times = interleaved_ms(candidates, reps)
+            base_out = None
+            for mode, config in configs.items():
+                row = {"frame": f"{w}x{h}", "mode": mode, "batch": n, "rfpipe_ms": times[f"rfpipe/{mode}"]}
                 expected = rfpipe.preprocess(images, config, implementation="reference")[0]
-                row["rfpipe_exact"] = bool(torch.equal(ours().cpu(), expected))
+                row["rfpipe_exact"] = bool(torch.equal(ours(images, config).cpu(), expected))
                 if n == 1:
-                    row["rfpipe_pin_ms"] = median_ms(ours, reps, pinned, config)
-                    row["rfpipe_gpu_ms"] = median_ms(ours, reps, on_gpu, config)
+                    row["rfpipe_pin_ms"] = times[f"rfpipe-pin/{mode}"]
+                    row["rfpipe_gpu_ms"] = times[f"rfpipe-gpu/{mode}"]
                 if upstream is not None:
                     base_images = images if n == 1 else list(images)
                     if n == 1 or w < 3000:
-                        row["base_ms"] = median_ms(lambda b=base_images, m=mode: upstream.base(b, m), slow_reps)
+                        row["base_ms"] = median_ms(upstream.base, slow_reps, base_images, mode)
+                    row["triton_ms"] = times["triton"]  # stretch only: the baseline for every mode
                     if mode == "stretch":
-                        row["triton_ms"] = median_ms(lambda b=images: upstream.triton(b), reps)
                         tri = upstream.triton(images).float().cpu()
                         base_out = upstream.base(base_images, mode).float().cpu()
                         row["triton_neq_pct"] = round(float((tri != base_out).float().mean() * 100), 2)
-                        row["rfpipe_vs_base_equal"] = bool(torch.equal(ours().cpu(), base_out))
+                        row["rfpipe_vs_base_equal"] = bool(torch.equal(ours(images, config).cpu(), base_out))
                 if mode == "stretch" and n == 1:
-                    row["tv_ms"] = median_ms(torchvision_path, reps, img)
-                    src = torch.from_numpy(img)
-                    dst = torch.empty_like(src, device=DEV)
-                    row["h2d_pin_ms"] = median_ms(copy, reps, dst, src.pin_memory())
-                    row["h2d_page_ms"] = median_ms(copy, reps, dst, src)
+                    row["tv_ms"] = times["tv"]
+                    row["h2d_pin_ms"] = times["h2d-pin"]
+                    row["h2d_page_ms"] = times["h2d-page"]
                 if n == 1 or mode == "stretch":
                     row["breakdown"] = breakdown(images, config, max(10, reps // 2))
                 emit(row)
@@ -264,9 +294,8 @@ def main() -> int:
     header = ["frame", "mode", "batch", "rfpipe_ms", "rfpipe_pin_ms", "rfpipe_gpu_ms", "triton_ms", "base_ms",
               "tv_ms", "h2d_pin_ms", "h2d_page_ms", "ratio", "exact"]
     print(" | ".join(header))
-    triton_ref = {(r["frame"], r["batch"]): r.get("triton_ms") for r in rows if r["mode"] == "stretch"}
     for r in rows:
-        t = triton_ref.get((r["frame"], r["batch"]))
+        t = r.get("triton_ms")
         r["ratio_vs_triton"] = round(r["rfpipe_ms"] / t, 3) if t else None
         cells = [r["frame"], r["mode"], str(r["batch"])]
         for k in header[3:11]:

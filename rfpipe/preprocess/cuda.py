@@ -274,9 +274,9 @@ class _Stager:
     """Host-to-device copies of one call through the pinned ring.
 
     Fills use torch's CPU copy, which runs on all intra-op threads (numpy's copy is one thread,
-    about 10 GB/s on the H100 host; torch's about 50 GB/s); an image larger than two chunks goes
-    in chunks, each chunk's DMA issued as soon as it is filled, so the DMA of one chunk overlaps
-    the fill of the next.
+    about 10 GB/s on the H100 host; torch's about 50 GB/s). Small neighbouring images share one
+    DMA; an image of two chunks or more goes in chunks, each chunk's DMA issued as soon as it is
+    filled, so the DMA of one chunk overlaps the fill of the next.
     """
 
     def __init__(self, runtime: _Runtime, buffer: torch.Tensor):
@@ -290,29 +290,55 @@ class _Stager:
         event.record(self.stream)
         self.ring.settle(event)
 
+    def _fill(self, at: int, source: np.ndarray) -> None:
+        n = source.nbytes
+        if source.strides and min(source.strides) < 0:  # torch cannot view negative strides
+            np.copyto(self.ring.array[at : at + n].reshape(source.shape), source)
+            return
+        slot = self.ring.tensor[at : at + n].view(source.shape)
+        if source.flags.writeable:
+            slot.copy_(torch.from_numpy(source))
+        else:
+            with warnings.catch_warnings():  # read-only arrays are only read here
+                warnings.simplefilter("ignore", UserWarning)
+                slot.copy_(torch.from_numpy(source))
+
     def put(self, source: np.ndarray, target: torch.Tensor) -> None:
         """Fill `source` into the ring and issue its copy to `target` (same number of bytes)."""
         n = source.nbytes
         at = self.ring.reserve(n, self._wrapped)
-        slot = self.ring.tensor[at : at + n]
-        if source.strides and min(source.strides) < 0:  # torch cannot view negative strides
-            np.copyto(self.ring.array[at : at + n].reshape(source.shape), source)
-        elif source.flags.writeable:
-            slot.view(source.shape).copy_(torch.from_numpy(source))
-        else:
-            with warnings.catch_warnings():  # read-only arrays are only read here
-                warnings.simplefilter("ignore", UserWarning)
-                slot.view(source.shape).copy_(torch.from_numpy(source))
-        target.copy_(slot, non_blocking=True)
+        self._fill(at, source)
+        target.copy_(self.ring.tensor[at : at + n], non_blocking=True)
 
-    def image(self, source: np.ndarray, offset: int) -> None:
-        """Stage one HWC rectangle at `offset` of the device buffer, in row chunks if large."""
-        row = source.shape[1] * source.shape[2]
-        rows = source.shape[0] if source.nbytes < 2 * STAGE_CHUNK_BYTES else max(1, STAGE_CHUNK_BYTES // row)
-        for r0 in range(0, source.shape[0], rows):
-            chunk = source[r0 : r0 + rows]
-            start = offset + r0 * row
-            self.put(chunk, self.buffer[start : start + chunk.shape[0] * row])
+    def _span(self, pieces: list[tuple[np.ndarray, int]]) -> None:
+        # One ring region and one DMA for pieces lying in [start, end) of the device buffer.
+        if not pieces:
+            return
+        start = pieces[0][1]
+        end = pieces[-1][1] + pieces[-1][0].nbytes
+        at = self.ring.reserve(end - start, self._wrapped)
+        for source, offset in pieces:
+            self._fill(at + offset - start, source)
+        self.buffer[start:end].copy_(self.ring.tensor[at : at + end - start], non_blocking=True)
+
+    def images(self, items: list[tuple[np.ndarray, int]]) -> None:
+        """Stage HWC rectangles at their (increasing) device-buffer offsets."""
+        group: list[tuple[np.ndarray, int]] = []
+        for source, offset in items:
+            n = source.nbytes
+            if n >= 2 * STAGE_CHUNK_BYTES:
+                self._span(group)
+                group = []
+                row = n // source.shape[0]
+                rows = max(1, STAGE_CHUNK_BYTES // row)
+                for r0 in range(0, source.shape[0], rows):
+                    self._span([(source[r0 : r0 + rows], offset + r0 * row)])
+                continue
+            if group and offset + n - group[0][1] > STAGE_CHUNK_BYTES:
+                self._span(group)
+                group = []
+            group.append((source, offset))
+        self._span(group)
 
 
 class _Runtime:
@@ -322,6 +348,7 @@ class _Runtime:
         from rfpipe.preprocess.kernels.triton_batch import launchers
 
         self.device = device
+        self.index = device.index
         self.stream = torch.cuda.Stream(device)
         self.lock = threading.Lock()
         self.major = pillow_major_version()
@@ -378,7 +405,7 @@ class _Runtime:
                 stager.put(plan.template, resident)
                 plan.resident = (resident, plan.views(resident))
             params = plan.resident[1]
-        direct = []
+        direct, staged = [], []
         for index, offset in plan.uploads:
             source = _upload_source(plan, index, pixels)
             if plan.sources[index].kind == ROWS:  # pinned by the caller: one copy, no staging
@@ -386,7 +413,8 @@ class _Runtime:
                 buffer[offset : offset + rows.numel()].copy_(rows, non_blocking=True)
                 direct.append(source)
             else:
-                stager.image(source, offset)
+                staged.append((source, offset))
+        stager.images(staged)
         launch(plan, self.kernels, buffer, params, norm, out, self.stream.cuda_stream, self.device.index)
         return direct
 
@@ -394,27 +422,41 @@ class _Runtime:
         from rfpipe.preprocess.kernels.triton_batch import DEVICE
 
         jobs, floats = _jobs(frames, plans, color_format)  # CPU contrast work happens outside the lock
-        caller = torch.cuda.current_stream(self.device)
+        caller = torch.cuda.current_stream(self.index)
         shape = _output_shape(plans)
-        with self.lock, torch.cuda.stream(self.stream):
-            while self.keep and self.keep[0][0].query():
-                self.keep.popleft()
-            out = torch.empty(shape, dtype=torch.float32, device=self.device)
-            if jobs:
-                sources, pixels = _sources(jobs, self.device, _on_gpu, direct=True)
-                plan = self._plan(sources, shape)
-                in_place = [p for s, p in zip(sources, pixels, strict=True) if s.kind == DEVICE]
-                if in_place:  # written on the caller's stream, read on ours
-                    self.stream.wait_stream(caller)
-                    for tensor in in_place:
-                        tensor.record_stream(self.stream)
-                buffer = self._device_buffer(plan.buffer_bytes)
-                direct = self._enqueue(plan, pixels, buffer, self._norm(config), out)
-            ready = torch.cuda.Event()
-            ready.record(self.stream)
-            self.ring.settle(ready)  # this call's staging regions are free once the batch is ready
-            if jobs and direct:  # the caller's pinned arrays must outlive their copies
-                self.keep.append((ready, direct))
+        with self.lock:
+            # torch.cuda.stream() costs tens of microseconds here; set_stream is enough when the
+            # caller is on this device (it would otherwise also switch the current device).
+            context = None if torch.cuda.current_device() == self.index else torch.cuda.stream(self.stream)
+            if context is None:
+                torch.cuda.set_stream(self.stream)
+            else:
+                context.__enter__()
+            try:
+                while self.keep and self.keep[0][0].query():
+                    self.keep.popleft()
+                out = torch.empty(shape, dtype=torch.float32, device=self.device)
+                direct = []
+                if jobs:
+                    sources, pixels = _sources(jobs, self.device, _on_gpu, direct=True)
+                    plan = self._plan(sources, shape)
+                    in_place = [p for s, p in zip(sources, pixels, strict=True) if s.kind == DEVICE]
+                    if in_place:  # written on the caller's stream, read on ours
+                        self.stream.wait_stream(caller)
+                        for tensor in in_place:
+                            tensor.record_stream(self.stream)
+                    buffer = self._device_buffer(plan.buffer_bytes)
+                    direct = self._enqueue(plan, pixels, buffer, self._norm(config), out)
+                ready = torch.cuda.Event()
+                ready.record(self.stream)
+                self.ring.settle(ready)  # this call's staging regions are free once the batch is ready
+                if direct:  # the caller's pinned arrays must outlive their copies
+                    self.keep.append((ready, direct))
+            finally:
+                if context is None:
+                    torch.cuda.set_stream(caller)
+                else:
+                    context.__exit__(None, None, None)
         caller.wait_event(ready)
         out.record_stream(caller)
         if floats:

@@ -113,6 +113,7 @@ class BatchPlan:
             raw = part.view(np.uint8).ravel()
             template[offset : offset + raw.size] = raw
         self.template = template
+        self._views = None
 
     def parameters(self, pixels: list, base: int) -> np.ndarray:
         """The parameter bytes for this call: template plus in-place addresses relative to `base`."""
@@ -126,10 +127,15 @@ class BatchPlan:
 
     def views(self, params: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(step rows, final rows, step tables, final tables) as typed views of device parameter bytes."""
-        dtypes = (torch.int64, torch.int64, torch.int32, torch.int32)
-        return tuple(
-            params[o : o + max(n, 8)].view(t) for o, n, t in zip(self.part_offsets, self.part_bytes, dtypes, strict=True)
-        )
+        key = (params.data_ptr(), params.numel())
+        if self._views is None or self._views[0] != key:  # the same buffer call after call: reuse
+            dtypes = (torch.int64, torch.int64, torch.int32, torch.int32)
+            views = tuple(
+                params[o : o + max(n, 8)].view(t)
+                for o, n, t in zip(self.part_offsets, self.part_bytes, dtypes, strict=True)
+            )
+            self._views = (key, views)
+        return self._views[1]
 
 
 class Launcher:

@@ -45,9 +45,13 @@ class Resample:
     color_format: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ImageWork:
-    """Source rectangle (x0, y0, x1, y1 in frame pixels) and the resamples that follow it."""
+    """Source rectangle (x0, y0, x1, y1 in frame pixels) and the resamples that follow it.
+
+    Compared and hashed by identity: `image_work` returns the same object for equal plans, so
+    batch signatures built from these hash in constant time.
+    """
 
     region: tuple[int, int, int, int]
     step: Resample | None  # the OpenCV uint8 dataset-version step into an intermediate, if any
