@@ -15,27 +15,34 @@ Contrast steps run on the CPU with `rfpipe.preprocess.adjust` (the reference's o
 scikit-image float pipelines have no exact GPU twin here) and the adjusted crop is uploaded.
 
 Staging. Host frames (numpy, CPU tensors) are copied, only the rectangle the kernels read, into
-a pinned ring buffer, in row chunks by a small thread pool; each chunk's host-to-device copy is
-issued on the runtime's stream as soon as its fill is done, so filling overlaps the DMA. Numpy
-arrays that already live in pinned memory (`pinned_frame`) are copied to the device directly.
-CUDA uint8 tensors on the target device are read in place through their strides (views,
-permutations and expansions included), with no copy.
+a pinned ring buffer and from there to the device buffer on the runtime's stream. Fills use
+torch's CPU copy (all intra-op threads: ~50 GB/s on the H100 host, numpy's one-thread copy ~10
+GB/s; pieces under 1 MiB use numpy, which is as fast there). A frame of at least two chunks (a
+chunk is 2 MiB) goes in chunks, each chunk's DMA issued as soon as it is filled, so the DMA overlaps the
+next fill; small neighbouring frames share one DMA. Numpy arrays that already live in pinned
+memory (`pinned_frame`, or any pinned buffer's `.numpy()` view) are copied directly. CUDA uint8
+tensors on the target device are read in place through their strides (views, permutations and
+expansions included), with no copy.
 
 Streams and events. All work of a call (parameter upload, frame uploads, kernels) is enqueued
 on one stream per device, owned by this module, under a per-device lock (callers from several
 threads are serialised on the host while they enqueue; their GPU work is ordered on the stream).
-The stream first waits for the caller's current stream when CUDA tensors are read; at the end a
-ready event is recorded and the caller's current stream waits on it, and the output and input
-tensors are `record_stream`-ed for the streams that use them. `run` never synchronises the host,
-except: (1) when the pinned ring wraps onto a region whose copy is still in flight (the event of
-that copy is waited for; rare with the default 64 MiB ring), and (2) contrast on CUDA input,
-which downloads the crop for the CPU step.
+The stream first waits for the caller's current stream when CUDA tensors are read (and records
+them for its use); at the end one ready event is recorded, the caller's current stream waits on
+it and the output is `record_stream`-ed for the caller's stream. The same event frees the call's
+pinned-ring regions and releases the caller's pinned arrays kept alive until their copy is done.
+Kernels are launched through the compiled Triton kernel with the stream passed explicitly
+(`kernels/triton_batch.Launcher`). `run` never synchronises the host, except: (1) when the
+pinned ring wraps onto a region whose copy is still in flight (its event is waited for; rare with
+the default 64 MiB ring), (2) contrast on CUDA input, which downloads the crop for the CPU step.
 
-Buffers. One device buffer per device holds the parameters, uploaded frames and intermediates of
-a call; it is reused by the next call (stream order makes that safe) and grows to fit, up to
-`MAX_KEPT_DEVICE_BYTES`; larger calls use a one-off buffer. The pinned ring has a fixed capacity
-(`RING_BYTES`); bigger batches stream through it. The output is a fresh tensor per call, so
-outputs never alias. Tables and per-resample parameter rows are cached per shape.
+Buffers. One device buffer per device holds the uploaded frames and intermediates of a call (and
+the parameters when they change per call); it is reused by the next call (stream order makes
+that safe) and grows to fit, up to `MAX_KEPT_DEVICE_BYTES`; larger calls use a one-off buffer.
+The pinned ring has a fixed capacity (`RING_BYTES`); bigger batches stream through it. Batch
+plans (tables and parameter bytes, `PLAN_CACHE` signatures per device) are cached, their
+parameters kept on the device when they do not change per call. The output is a fresh tensor per
+call, so outputs never alias.
 
 Exactness. Every pixel operation is integer arithmetic identical to Pillow's / OpenCV's
 (fixed-point tables built on the host as those libraries build them, same rounding at the same
@@ -71,8 +78,10 @@ logger = logging.getLogger("rfpipe")
 RING_BYTES = int(os.environ.get("RFPIPE_PINNED_RING_MB", "64")) << 20
 MAX_KEPT_DEVICE_BYTES = 512 << 20  # a device buffer this large is not kept between calls
 PLAN_CACHE = 64  # batch signatures whose tables and parameters stay cached per device
-# Staging: images of at least two chunks are staged in chunks of about this many bytes.
-STAGE_CHUNK_BYTES = int(os.environ.get("RFPIPE_STAGE_CHUNK_KB", "4096")) << 10
+# Staging: images of at least two chunks go in chunks of about this many bytes (smaller ones share
+# chunks); pieces under STAGE_TORCH_MIN_BYTES are filled by numpy, larger ones by torch's threads.
+STAGE_CHUNK_BYTES = int(os.environ.get("RFPIPE_STAGE_CHUNK_KB", "2048")) << 10
+STAGE_TORCH_MIN_BYTES = 1 << 20
 
 __all__ = ["available", "pinned_frame", "run", "run_on_cpu"]
 
@@ -155,6 +164,7 @@ def _sources(jobs: list[tuple], device: torch.device, in_place, direct: bool) ->
     from rfpipe.preprocess.kernels.triton_batch import DEVICE, RECT, ROWS, Source
 
     sources, pixels = [], []
+    pinned: dict[int, bool] = {}  # per underlying array: the frames of one NHWC batch share it
     for slot, work, image in jobs:
         if isinstance(image, torch.Tensor) and in_place(image):
             if image.device != device:
@@ -163,7 +173,10 @@ def _sources(jobs: list[tuple], device: torch.device, in_place, direct: bool) ->
         else:
             if isinstance(image, torch.Tensor):
                 image = image.numpy()
-            if direct and _is_pinned(image):
+            owner = id(image.base) if image.base is not None else id(image)
+            if direct and image.flags.c_contiguous and owner not in pinned:
+                pinned[owner] = _is_pinned(image)
+            if direct and image.flags.c_contiguous and pinned[owner]:
                 sources.append(Source(slot, work, ROWS, (image.strides[0],)))
             else:
                 sources.append(Source(slot, work, RECT))
@@ -292,7 +305,9 @@ class _Stager:
 
     def _fill(self, at: int, source: np.ndarray) -> None:
         n = source.nbytes
-        if source.strides and min(source.strides) < 0:  # torch cannot view negative strides
+        # Small pieces: numpy's copy is as fast and skips two tensor wrappers; torch cannot view
+        # negative strides at all.
+        if n < STAGE_TORCH_MIN_BYTES or min(source.strides) < 0:
             np.copyto(self.ring.array[at : at + n].reshape(source.shape), source)
             return
         slot = self.ring.tensor[at : at + n].view(source.shape)
