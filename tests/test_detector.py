@@ -16,7 +16,6 @@ from conftest import make_raw_config
 from model_packages import packages  # noqa: F401  (session fixture)
 
 import rfpipe
-from rfpipe.backends import BackendUnavailable
 
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket"]
 
@@ -54,7 +53,9 @@ def fake_detector(**config_kwargs) -> tuple[rfpipe.Detector, FakeBackend]:
 @pytest.fixture(scope="module")
 def upstream_onnx():
     pytest.importorskip("inference_models", reason="inference-models is not installed")
-    from inference_models.models.rfdetr.rfdetr_object_detection_onnx import RFDetrForObjectDetectionONNX
+    from inference_models.models.rfdetr.rfdetr_object_detection_onnx import (
+        RFDetrForObjectDetectionONNX,
+    )
 
     def load(path):
         return RFDetrForObjectDetectionONNX.from_pretrained(
@@ -163,22 +164,6 @@ def test_load_errors_name_the_missing_file(packages, tmp_path):  # noqa: F811
         rfpipe.Detector.load(package)
     with pytest.raises(ValueError, match="torch backend"):
         rfpipe.Detector.load(packages["checkpoint"], backend="onnx")
-
-
-def test_tensorrt_without_tensorrt_installed_says_how_to_install(tmp_path):
-    pytest.importorskip("torch")
-    try:
-        import tensorrt  # noqa: F401
-
-        pytest.skip("TensorRT is installed here")
-    except ImportError:
-        pass
-    (tmp_path / "engine.plan").write_bytes(b"not an engine")
-    (tmp_path / "trt_config.json").write_text('{"static_batch_size": 1}')
-    from rfpipe.backends.tensorrt import TensorRTBackend
-
-    with pytest.raises(BackendUnavailable, match="pip install tensorrt"):
-        TensorRTBackend(tmp_path / "engine.plan", tmp_path / "trt_config.json", "cuda")
 
 
 # --- box mapping through the whole Detector ------------------------------------------------------
