@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_raw_config
-from model_packages import packages  # noqa: F401  (session fixture)
+from model_packages import packages, require  # noqa: F401  (session fixture)
 
 import rfpipe
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_raw_config
+from model_packages import require
 
 import rfpipe
 from rfpipe.geometry import ImageSize, plan_image, resolve_target_size
@@ -96,7 +97,7 @@ class UpstreamPost:
 
 @pytest.fixture(scope="session")
 def upstream_post():
-    pytest.importorskip("inference_models", reason="inference-models is not installed")
+    require("inference_models", "inference-models' post-processing is the oracle here", "RFPIPE_REQUIRE_ORACLE")
     return UpstreamPost()
 
 
