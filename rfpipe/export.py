@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from rfpipe.backends.torch import MODEL_TYPES, import_rfdetr, quiet_rfdetr
+from rfpipe.backends.torch import MODEL_TYPES, OPTIONAL_BUFFERS, import_rfdetr, quiet_rfdetr
 from rfpipe.config import CLASS_NAMES_FILE, CONFIG_FILE
 
 MODEL_TYPE_OF_CLASS = {cls: model_type for model_type, cls in MODEL_TYPES.items()}
@@ -63,7 +63,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, onnx: bool = 
     (out_dir / CONFIG_FILE).write_text(json.dumps(package_config(int(config.resolution)), indent=2) + "\n")
     (out_dir / CLASS_NAMES_FILE).write_text("\n".join(names) + "\n")
     (out_dir / "model_type.json").write_text(json.dumps({"model_type": MODEL_TYPE_OF_CLASS[class_name]}) + "\n")
-    torch.save({"model": wrapper.model.model.state_dict()}, out_dir / "weights.pth")
+    # The torch weights as inference-models 0.39's loader reads them (a strict load: no rfdetr-only buffers).
+    weights = {k: v for k, v in wrapper.model.model.state_dict().items() if k not in OPTIONAL_BUFFERS}
+    torch.save({"model": weights}, out_dir / "weights.pth")
     if onnx:
         with tempfile.TemporaryDirectory() as scratch, quiet_rfdetr():
             written = wrapper.export(output_dir=scratch, dynamic_batch=True, verbose=False, output_name="weights")

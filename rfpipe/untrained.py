@@ -23,7 +23,7 @@ from rfpipe.backends.torch import import_rfdetr, quiet_rfdetr, rfdetr_version
 from rfpipe.config import CLASS_NAMES_FILE, CONFIG_FILE
 from rfpipe.export import export_checkpoint
 
-BUILD_VERSION = 1  # bump when the layout or the weights recipe changes
+BUILD_VERSION = 2  # bump when the layout or the weights recipe changes
 RESOLUTION = 320  # smallest multiple of 32 whose 20x20 patch grid gives Nano's 300 queries real proposals
 SEED = 0
 CLASS_NAMES = ("person", "bicycle", "car", "dog", "cat")
@@ -95,11 +95,14 @@ def _merge(base: dict, edits: dict) -> dict:
     return out
 
 
-def build_packages(root: str | Path, resolution: int = RESOLUTION, seed: int = SEED) -> dict[str, Path]:
-    """Build the checkpoint and the four packages under `root`; name -> path ('checkpoint' included)."""
+def build_packages(root: str | Path, resolution: int = RESOLUTION, seed: int = SEED, onnx: bool = True) -> dict[str, Path]:
+    """Build the checkpoint and the four packages under `root`; name -> path ('checkpoint' included).
+
+    `onnx=False` leaves out weights.onnx (torch weights only), for machines without the ONNX exporter.
+    """
     root = Path(root)
     checkpoint = build_checkpoint(root / "checkpoint.pth", resolution, seed)
-    exported = export_checkpoint(checkpoint, root / "exported")
+    exported = export_checkpoint(checkpoint, root / "exported", onnx=onnx)
     base = json.loads((exported / CONFIG_FILE).read_text())
     paths = {"checkpoint": checkpoint}
     for name, edits in VARIANTS.items():
@@ -108,6 +111,8 @@ def build_packages(root: str | Path, resolution: int = RESOLUTION, seed: int = S
         (package / CONFIG_FILE).write_text(json.dumps(_merge(base, edits), indent=2) + "\n")
         shutil.copy(exported / CLASS_NAMES_FILE, package / CLASS_NAMES_FILE)
         for weights in ("weights.onnx", "weights.pth", "model_type.json"):
+            if not (exported / weights).is_file():
+                continue
             try:
                 os.link(exported / weights, package / weights)
             except OSError:  # file systems without hard links

@@ -31,6 +31,8 @@ MODEL_TYPES = {
     "rfdetr-large": "RFDETRLarge",
     "rfdetr-base": "RFDETRBase",
 }
+# rfdetr buffers that packages may lack (inference-models 0.39 refuses them).
+OPTIONAL_BUFFERS = ("_kp_active_mask",)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -157,7 +159,11 @@ def build_from_state_dict(state_dict: dict, model_type: str, resolution: int) ->
             positional_encoding_size=math.isqrt(pos), device="cpu",
         )
     module = wrapper.model.model
-    module.load_state_dict(state_dict)
+    missing, unexpected = module.load_state_dict(state_dict, strict=False)
+    # Packages made for inference-models 0.39 lack rfdetr's (empty, detection-unused) keypoint mask buffer.
+    missing = [k for k in missing if k not in OPTIONAL_BUFFERS]
+    if missing or unexpected:
+        raise ValueError(f"weights do not fit {model_type}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return module
 
 
