@@ -80,7 +80,9 @@ def main() -> None:
     print(f"built untrained Nano {RESOLUTION} packages in {time.perf_counter() - start:.1f} s", flush=True)
     package = paths[PACKAGE]
 
-    from inference_models.models.rfdetr.rfdetr_object_detection_pytorch import RFDetrForObjectDetectionTorch
+    from inference_models.models.rfdetr.rfdetr_object_detection_pytorch import (
+        RFDetrForObjectDetectionTorch,
+    )
 
     theirs = RFDetrForObjectDetectionTorch.from_pretrained(str(package), device=device)
     ours = rfpipe.Detector.load(package, device=device, backend="torch")
