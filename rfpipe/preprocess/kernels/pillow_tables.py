@@ -147,6 +147,7 @@ class ResizePlan:
         return int(v.first[0]), int(v.first[-1] + v.count[-1])
 
 
+@functools.lru_cache(maxsize=256)
 def resize_plan(
     in_size: tuple[int, int], out_size: tuple[int, int], major: int | None = None, minor: int | None = None
 ) -> ResizePlan:
