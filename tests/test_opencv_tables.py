@@ -208,6 +208,7 @@ def test_tables_match_opencv_5():
     path = os.environ.get("RFPIPE_OPENCV5_PATH")
     if not path:
         pytest.skip("set RFPIPE_OPENCV5_PATH to a directory with opencv-python-headless==5.0.0.93 (pip install --target DIR)")
+    path = str(Path(path).resolve())  # the subprocess may resolve a relative path elsewhere
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([path, str(root)]))
     completed = subprocess.run(
