@@ -16,9 +16,16 @@ LETTERBOX_GRAY = make_config(mode="letterbox", size=(36, 36), dataset=(48, 40), 
 CONFIGS = {"stretch": STRETCH, "letterbox-gray": LETTERBOX_GRAY}
 
 
-def run(images, config=STRETCH, **kwargs):
+def call(images, config=STRETCH, **kwargs):
+    """`preprocess` with the reference implementation unless told otherwise."""
     kwargs.setdefault("implementation", "reference")
     return rfpipe.preprocess(images, config, **kwargs)
+
+
+@pytest.fixture(params=["reference", "cpu"])
+def run(request):
+    """Accepted forms go through both CPU implementations (they share `to_frames`, not the pixel code)."""
+    return lambda images, config=STRETCH, **kwargs: call(images, config, implementation=request.param, **kwargs)
 
 
 def assert_same(a, b):
@@ -39,7 +46,7 @@ def images():
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_single_hwc_array_gives_a_batch_of_one(images, name):
+def test_single_hwc_array_gives_a_batch_of_one(images, name, run):
     batch, meta = run(images[0], CONFIGS[name])
     target = CONFIGS[name].training_size
     assert batch.shape == (1, 3, target.height, target.width)
@@ -48,7 +55,7 @@ def test_single_hwc_array_gives_a_batch_of_one(images, name):
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_list_of_mixed_sizes_equals_each_image_alone(images, name):
+def test_list_of_mixed_sizes_equals_each_image_alone(images, name, run):
     cfg = CONFIGS[name]
     batch, meta = run(images, cfg)
     assert batch.shape[0] == 3
@@ -59,13 +66,13 @@ def test_list_of_mixed_sizes_equals_each_image_alone(images, name):
     assert_same(run(tuple(images), cfg), (batch, meta))
 
 
-def test_nhwc_array_equals_list_of_its_frames(images):
+def test_nhwc_array_equals_list_of_its_frames(images, run):
     stack = np.stack([images[2], images[2][::-1].copy(), images[2][:, ::-1].copy()])
     assert_same(run(stack), run(list(stack)))
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_uint8_tensor_layouts_equal_the_numpy_frame(images, name):
+def test_uint8_tensor_layouts_equal_the_numpy_frame(images, name, run):
     cfg = CONFIGS[name]
     image = images[0]  # 30 x 50: neither side looks like a channel count
     expected = run(image, cfg)
@@ -78,13 +85,13 @@ def test_uint8_tensor_layouts_equal_the_numpy_frame(images, name):
     assert_same(run(hwc.permute(2, 0, 1).unsqueeze(0).repeat(2, 1, 1, 1), cfg), batch)  # NCHW
 
 
-def test_uint8_tensor_with_three_rows_is_read_as_hwc():
+def test_uint8_tensor_with_three_rows_is_read_as_hwc(run):
     # 3 x 5 x 3: the last axis is a channel count, so it is HWC (3 rows), as the reference reads it
     image = np.arange(45, dtype=np.uint8).reshape(3, 5, 3)
     assert_same(run(torch.from_numpy(image)), run(image))
 
 
-def test_non_contiguous_and_negative_stride_views_equal_their_copies(images):
+def test_non_contiguous_and_negative_stride_views_equal_their_copies(images, run):
     big = images[2]
     for view in (big[::2, 1::3], big[::-1], big[:, ::-1], big[::-2, ::-3], big[10:60, 5:70]):
         assert not view.flags.c_contiguous or view.base is not None
@@ -92,19 +99,19 @@ def test_non_contiguous_and_negative_stride_views_equal_their_copies(images):
         assert_same(run(view, LETTERBOX_GRAY), run(np.ascontiguousarray(view), LETTERBOX_GRAY))
 
 
-def test_channel_reversed_view_as_rgb_equals_bgr_frame(images):
+def test_channel_reversed_view_as_rgb_equals_bgr_frame(images, run):
     # a BGR frame read as RGB through a negative-stride channel view: identical network input
     for cfg in (STRETCH, LETTERBOX_GRAY, make_config(size=(40, 32), color_mode="bgr")):
         image = images[1]
         assert_same(run(image[:, :, ::-1], cfg, input_color_format="rgb"), run(image, cfg, input_color_format="bgr"))
 
 
-def test_input_color_format_none_means_bgr(images):
+def test_input_color_format_none_means_bgr(images, run):
     assert_same(run(images[0], input_color_format=None), run(images[0], input_color_format="bgr"))
     assert not torch.equal(run(images[0], input_color_format="rgb")[0], run(images[0], input_color_format="bgr")[0])
 
 
-def test_mixed_list_of_arrays_and_tensors(images):
+def test_mixed_list_of_arrays_and_tensors(images, run):
     mixed = [images[0], torch.from_numpy(images[1]).permute(2, 0, 1), images[2].astype(np.float32) / 255]
     expected = run([images[0], images[1], (images[2].astype(np.float32) / 255 * 255.0).clip(0, 255).astype(np.uint8)])
     assert_same(run(mixed), expected)
@@ -119,7 +126,7 @@ UINT8_LEVELS = [0, 127, 254, 255, 255, 0, 25, 0]
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-def test_float_numpy_is_scaled_clipped_and_truncated(dtype):
+def test_float_numpy_is_scaled_clipped_and_truncated(dtype, run):
     rng = np.random.default_rng(3)
     idx = rng.integers(0, len(FLOAT_LEVELS), (20, 26, 3))
     floats = np.array(FLOAT_LEVELS, dtype=dtype)[idx]
@@ -128,7 +135,7 @@ def test_float_numpy_is_scaled_clipped_and_truncated(dtype):
     assert_same(run(floats, LETTERBOX_GRAY), run(expected, LETTERBOX_GRAY))
 
 
-def test_float_numpy_batch_and_views(images):
+def test_float_numpy_batch_and_views(images, run):
     floats = np.stack([images[2], images[2][::-1]]).astype(np.float64) / 255
     assert_same(run(floats), run(list(floats[:, :, ::-1][:, :, ::-1])))
 
@@ -136,7 +143,7 @@ def test_float_numpy_batch_and_views(images):
 # --- float tensors: tensor semantics, always a stretch ----------------------------------------
 
 
-def test_float_tensor_layouts_agree(images):
+def test_float_tensor_layouts_agree(images, run):
     chw = torch.from_numpy(images[0]).permute(2, 0, 1).float() / 255
     expected = run(chw, LETTERBOX_GRAY)
     batch, meta = expected
@@ -150,13 +157,13 @@ def test_float_tensor_layouts_agree(images):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float64, torch.bfloat16])
-def test_float_tensors_of_other_precisions_are_processed_in_float32(dtype):
+def test_float_tensors_of_other_precisions_are_processed_in_float32(dtype, run):
     levels = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])  # exact in every float type
     chw = levels[torch.randint(0, 5, (3, 21, 17), generator=torch.Generator().manual_seed(0))]
     assert_same(run(chw.to(dtype)), run(chw))
 
 
-def test_float_tensor_is_not_the_uint8_path(images):
+def test_float_tensor_is_not_the_uint8_path(images, run):
     # tensor semantics differ from Pillow's resize (DESIGN.md): pin that they are not confused
     chw = torch.from_numpy(images[0]).permute(2, 0, 1)
     assert not torch.equal(run(chw.float() / 255)[0], run(chw)[0])
@@ -166,7 +173,7 @@ def test_float_tensor_is_not_the_uint8_path(images):
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_single_channel_frames_equal_the_repeated_three_channel_frame(images, name):
+def test_single_channel_frames_equal_the_repeated_three_channel_frame(images, name, run):
     cfg = CONFIGS[name]
     gray = images[1][:, :, 1].copy()
     three = np.repeat(gray[:, :, None], 3, axis=2)
@@ -183,7 +190,7 @@ def test_single_channel_frames_equal_the_repeated_three_channel_frame(images, na
     assert_same(run(float_gray, cfg), run(float_gray.expand(3, -1, -1), cfg))
 
 
-def test_single_channel_float_numpy_is_converted_then_repeated():
+def test_single_channel_float_numpy_is_converted_then_repeated(run):
     gray = np.linspace(0, 1, 24 * 30).reshape(24, 30)
     expected = np.repeat((gray * 255.0).clip(0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
     assert_same(run(gray), run(expected))
@@ -196,7 +203,7 @@ def test_to_frames_sizes():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_uint8_cuda_tensor_equals_numpy_frame(images):
+def test_uint8_cuda_tensor_equals_numpy_frame(images, run):
     assert_same(run(torch.from_numpy(images[0]).cuda()), run(images[0]))
 
 
@@ -217,13 +224,13 @@ def test_uint8_cuda_tensor_equals_numpy_frame(images):
 )
 def test_four_channel_images_are_refused(image):
     with pytest.raises(ValueError, match=r"4-channel images are not supported .*drop the alpha channel"):
-        run(image)
+        call(image)
 
 
 @pytest.mark.parametrize("channels", [2, 5])
 def test_other_channel_counts_are_refused(channels):
     with pytest.raises(ValueError, match=f"expected 3 channels \\(or 1, which is repeated\\), got {channels}"):
-        run(np.zeros((10, 12, channels), np.uint8))
+        call(np.zeros((10, 12, channels), np.uint8))
 
 
 @pytest.mark.parametrize(
@@ -242,7 +249,7 @@ def test_other_channel_counts_are_refused(channels):
 )
 def test_unsupported_dtypes_are_refused(image, dtype):
     with pytest.raises(TypeError, match=f"unsupported (tensor )?dtype {dtype}; pass uint8 pixels"):
-        run(image)
+        call(image)
 
 
 @pytest.mark.parametrize(
@@ -259,7 +266,7 @@ def test_unsupported_dtypes_are_refused(image, dtype):
 )
 def test_zero_size_images_are_refused(image):
     with pytest.raises(ValueError, match="zero-size image"):
-        run(image)
+        call(image)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -267,12 +274,12 @@ def test_non_finite_floats_are_refused(bad):
     image = np.full((10, 12, 3), 0.5, np.float32)
     image[3, 4, 1] = bad
     with pytest.raises(ValueError, match="float image contains NaN or infinite values"):
-        run(image)
+        call(image)
     tensor = torch.from_numpy(image).permute(2, 0, 1)
     with pytest.raises(ValueError, match="float image contains NaN or infinite values"):
-        run(tensor)
+        call(tensor)
     with pytest.raises(ValueError, match=r"images\[1\]: float image contains NaN"):
-        run([np.zeros((4, 4, 3), np.uint8), image.astype(np.float16)])
+        call([np.zeros((4, 4, 3), np.uint8), image.astype(np.float16)])
 
 
 @pytest.mark.parametrize(
@@ -282,20 +289,20 @@ def test_non_finite_floats_are_refused(bad):
 )
 def test_empty_inputs_are_refused(images):
     with pytest.raises(ValueError, match="no images"):
-        run(images)
+        call(images)
 
 
 def test_batches_inside_a_list_are_refused():
     with pytest.raises(ValueError, match=r"images\[1\]: list items must be single images"):
-        run([np.zeros((10, 12, 3), np.uint8), np.zeros((2, 10, 12, 3), np.uint8)])
+        call([np.zeros((10, 12, 3), np.uint8), np.zeros((2, 10, 12, 3), np.uint8)])
     with pytest.raises(ValueError, match=r"images\[0\]: list items must be single images"):
-        run([torch.zeros(1, 3, 10, 12)])
+        call([torch.zeros(1, 3, 10, 12)])
 
 
 @pytest.mark.parametrize("image", [np.zeros((2, 2, 10, 12, 3), np.uint8), np.zeros(12, np.uint8), torch.zeros(2, 2, 3, 4, 5)])
 def test_wrong_dimensionality_is_refused(image):
     with pytest.raises(ValueError, match="expected (an H x W x C image|a 3-D image tensor)"):
-        run(image)
+        call(image)
 
 
 @pytest.mark.parametrize(
@@ -310,64 +317,64 @@ def test_wrong_dimensionality_is_refused(image):
 )
 def test_non_images_are_refused(images, kind):
     with pytest.raises(TypeError, match=f"images must be a numpy array, a torch tensor or a list of them, got {kind}"):
-        run(images)
+        call(images)
 
 
 def test_non_image_list_items_are_refused():
     with pytest.raises(TypeError, match=r"images\[1\]: expected a numpy array or a torch tensor, got str"):
-        run([np.zeros((10, 12, 3), np.uint8), "photo.jpg"])
+        call([np.zeros((10, 12, 3), np.uint8), "photo.jpg"])
     with pytest.raises(TypeError, match=r"images\[0\]: expected a numpy array or a torch tensor, got list"):
-        run([[1, 2], [3, 4]])
+        call([[1, 2], [3, 4]])
 
 
 def test_pil_images_are_refused():
     from PIL import Image
 
     with pytest.raises(TypeError, match="got Image"):
-        run(Image.new("RGB", (12, 10)))
+        call(Image.new("RGB", (12, 10)))
 
 
 @pytest.mark.parametrize("fmt", ["RGB", "rgba", "hsv", ""])
 def test_unknown_input_color_format(fmt):
     with pytest.raises(ValueError, match=f"input_color_format must be 'bgr', 'rgb' or None \\(meaning bgr\\), got '{fmt}'"):
-        run(np.zeros((10, 12, 3), np.uint8), input_color_format=fmt)
+        call(np.zeros((10, 12, 3), np.uint8), input_color_format=fmt)
 
 
 @pytest.mark.parametrize("name", ["fast", "pillow", "", "CPU"])
 def test_unknown_implementation(name):
     with pytest.raises(ValueError, match=f"unknown implementation '{name}' \\(expected one of 'reference', 'cpu', 'cuda', 'auto'\\)"):
-        run(np.zeros((10, 12, 3), np.uint8), implementation=name)
+        call(np.zeros((10, 12, 3), np.uint8), implementation=name)
 
 
 @pytest.mark.parametrize("device", ["gpu", "tpu", "cuda:x", None, 1.5])
 def test_unknown_device(device):
     with pytest.raises(ValueError, match="unknown device"):
-        run(np.zeros((10, 12, 3), np.uint8), device=device)
+        call(np.zeros((10, 12, 3), np.uint8), device=device)
 
 
 @pytest.mark.parametrize("device", ["meta", "mps"])
 def test_unsupported_device_types(device):
     with pytest.raises(ValueError, match=f"unsupported device '{device}': rfpipe runs on 'cpu' or 'cuda'"):
-        run(np.zeros((10, 12, 3), np.uint8), device=device)
+        call(np.zeros((10, 12, 3), np.uint8), device=device)
 
 
 def test_cuda_implementation_needs_a_cuda_device():
     with pytest.raises(ValueError, match="implementation 'cuda' needs a CUDA device, got device='cpu'"):
-        run(np.zeros((10, 12, 3), np.uint8), implementation="cuda", device="cpu")
+        call(np.zeros((10, 12, 3), np.uint8), implementation="cuda", device="cpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 @pytest.mark.parametrize("device", ["cuda", "cuda:1", torch.device("cuda", 0)])
 def test_cuda_device_without_cuda_is_refused_up_front(device):
     with pytest.raises(ValueError, match="CUDA is not available on this machine"):
-        run(np.zeros((10, 12, 3), np.uint8), device=device)
+        call(np.zeros((10, 12, 3), np.uint8), device=device)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_missing_gpu_index_is_refused():
     index = torch.cuda.device_count()
     with pytest.raises(ValueError, match="no such GPU"):
-        run(np.zeros((10, 12, 3), np.uint8), device=f"cuda:{index}")
+        call(np.zeros((10, 12, 3), np.uint8), device=f"cuda:{index}")
 
 
 @pytest.mark.parametrize(
@@ -377,7 +384,7 @@ def test_missing_gpu_index_is_refused():
 def test_bad_image_size(size, error):
     cfg = make_config(size=(40, 32), dynamic={"type": "any-size"})
     with pytest.raises(error, match="image_size must be"):
-        run(np.zeros((10, 12, 3), np.uint8), cfg, image_size=size)
+        call(np.zeros((10, 12, 3), np.uint8), cfg, image_size=size)
 
 
 def test_config_must_be_a_model_config():
