@@ -95,18 +95,23 @@ def main() -> None:
                            progress=False)
     fast = "cuda" if "cuda" in implementations else "cpu"
     variants = (("cuda-graph", {"cuda_graph": True}), ("float16", {"dtype": "float16"})) if device.type == "cuda" else ()
+    failures = {}
     for label, options in variants:
-        variant = rfpipe.Detector.load(package, device=device, backend="torch", **options)
-        for row in bench.run_bench(variant, encoded, BATCHES, [fast], reps=REPS, warmup=3, progress=False):
-            row["pipeline"] += f"+{label}"
-            rows.append(row)
+        try:
+            variant = rfpipe.Detector.load(package, device=device, backend="torch", **options)
+            for row in bench.run_bench(variant, encoded, BATCHES, [fast], reps=REPS, warmup=3, progress=False):
+                row["pipeline"] += f"+{label}"
+                rows.append(row)
+        except Exception as error:  # a variant that cannot run here is reported, not fatal
+            failures[label] = f"{type(error).__name__}: {error}"
+            print(f"variant {label} failed: {failures[label]}", flush=True)
     rows.sort(key=lambda r: (r["batch"], r["pipeline"]))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     title = f"untrained RF-DETR Nano {RESOLUTION}, {PACKAGE} package, torch backend, {name}"
     print(title)
     print(bench.format_table(rows))
     meta = {"title": title, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-            "implementations": implementations, "reps": REPS, "frames": len(encoded)}
+            "implementations": implementations, "reps": REPS, "frames": len(encoded), "failures": failures}
     (out / "e2e.json").write_text(json.dumps({"meta": meta, "exactness": exactness, "rows": rows}, indent=1))
     bench.plot(rows, out / "e2e.png", title)
 

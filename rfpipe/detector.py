@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from rfpipe.backends import BACKENDS, Backend, BackendUnavailable
+from rfpipe.backends import BACKENDS, Backend, BackendUnavailable, resolve_device
 from rfpipe.config import (
     CLASS_NAMES_FILE,
     CONFIG_FILE,
@@ -117,7 +117,7 @@ class Detector:
     def __init__(self, config: ModelConfig, backend: Backend, device: str | torch.device = "cpu"):
         self.config = config
         self.backend = backend
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.backend_name = backend.name
         self.class_names, _ = class_layout(config)
 
@@ -131,9 +131,9 @@ class Detector:
         >>> model = Detector.load("checkpoint_best_total.pth", device="cpu")  # doctest: +SKIP
         """
         path = Path(path)
-        device = torch.device(device)
-        if device.type == "cuda" and not torch.cuda.is_available():
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailable(f"device {device} requested but CUDA is not available")
+        device = resolve_device(device)
         if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
             if backend not in ("auto", "torch"):
                 raise ValueError(f"{path}: a training checkpoint runs on the torch backend, not {backend!r}; "

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import torch
+# Aliased: importing the submodule rfpipe.backends.torch rebinds the name `torch` in this package.
+import torch as _torch
 
 # backend name -> module; imported lazily so a missing optional runtime only matters when chosen.
 BACKENDS = {
@@ -21,9 +22,17 @@ BACKENDS = {
 
 class Backend(Protocol):
     name: str
-    device: torch.device
+    device: _torch.device
 
-    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def __call__(self, batch: _torch.Tensor) -> tuple[_torch.Tensor, _torch.Tensor]: ...
+
+
+def resolve_device(device: str | _torch.device) -> _torch.device:
+    """`torch.device`, with a bare 'cuda' pinned to the current CUDA device (tensors report 'cuda:N')."""
+    device = _torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = _torch.device("cuda", _torch.cuda.current_device())
+    return device
 
 
 class BackendUnavailable(RuntimeError):

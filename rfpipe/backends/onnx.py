@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rfpipe.backends import BackendUnavailable
+from rfpipe.backends import BackendUnavailable, resolve_device
 
 # rfdetr's exporter names its outputs; older exports are read by position (boxes first).
 BOXES_OUTPUT, LOGITS_OUTPUT = "dets", "labels"
@@ -41,7 +41,7 @@ class OnnxBackend:
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None):
         ort = _onnxruntime()
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.path = Path(path)
         options = ort.SessionOptions()
         if threads is not None:

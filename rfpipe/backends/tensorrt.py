@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from rfpipe.backends import BackendUnavailable
+from rfpipe.backends import BackendUnavailable, resolve_device
 
 BOXES_OUTPUT, LOGITS_OUTPUT = "dets", "labels"
 
@@ -58,7 +58,7 @@ class TensorRTBackend:
 
     def __init__(self, engine_path: str | Path, config_path: str | Path, device: str | torch.device = "cuda"):
         trt = _tensorrt()
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         if self.device.type != "cuda":
             raise BackendUnavailable(f"the tensorrt backend runs on CUDA devices only, not {self.device}")
         self.min_batch, self.max_batch = read_batch_limits(config_path)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from rfpipe.backends import BackendUnavailable
+from rfpipe.backends import BackendUnavailable, resolve_device
 
 logger = logging.getLogger("rfpipe")
 
@@ -86,7 +86,7 @@ class TorchBackend:
                  dtype: str = "float32", cuda_graph: bool = False):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.dtype = DTYPES[dtype]
         if cuda_graph and self.device.type != "cuda":
             raise ValueError("cuda_graph=True needs a CUDA device")
