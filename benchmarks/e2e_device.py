@@ -3,7 +3,7 @@
 Builds the untrained RF-DETR Nano package (torch weights) at RESOLUTION, then in one process:
 1. post-processing exactness on the GPU: inference-models' forward outputs through both post-processors;
 2. `rfpipe bench` rows for each preprocessing implementation present, torch backend in float32
-   (eager, and with a captured CUDA graph, and float16), beside inference-models' torch model
+   (and float16), beside inference-models' torch model
    (its default, not `optimize_for_inference`), batches 1, 4, 8 over the bundled photos.
 Writes e2e.json and e2e.png under $OUT (or ./out/e2e). Usage: python benchmarks/e2e_device.py
 """
@@ -94,7 +94,7 @@ def main() -> None:
     rows = bench.run_bench(ours, encoded, BATCHES, implementations, reps=REPS, warmup=3, baseline=theirs,
                            progress=False)
     fast = "cuda" if "cuda" in implementations else "cpu"
-    variants = (("cuda-graph", {"cuda_graph": True}), ("float16", {"dtype": "float16"})) if device.type == "cuda" else ()
+    variants = (("float16", {"dtype": "float16"}),) if device.type == "cuda" else ()
     failures = {}
     for label, options in variants:
         try:

@@ -126,7 +126,7 @@ class Detector:
         """Load a package directory or an rfdetr training checkpoint (`.pth` with `model` and `args`).
 
         `backend` is 'auto', 'onnx', 'tensorrt' or 'torch'; `options` go to the backend (torch:
-        dtype='float16', cuda_graph=True; onnx: threads=N).
+        dtype='float16'; onnx: threads=N).
 
         >>> model = Detector.load("checkpoint_best_total.pth", device="cpu")  # doctest: +SKIP
         """

@@ -100,8 +100,6 @@ def test_torch_backend_options_are_checked():
     module = torch.nn.Conv2d(3, 4, 1)
     with pytest.raises(ValueError, match="dtype must be one of"):
         TorchBackend(module, "cpu", dtype="int8")
-    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
-        TorchBackend(module, "cpu", cuda_graph=True)
 
 
 def test_torch_backend_unknown_model_type():
@@ -115,18 +113,17 @@ def test_torch_backend_unknown_model_type():
 
 
 @cuda
-def test_torch_cuda_graph_equals_eager():
+def test_torch_float16_is_close_to_float32():
     pytest.importorskip("rfdetr")
     from rfpipe.backends.torch import load_checkpoint
     from rfpipe.untrained import cached_packages
 
     checkpoint = cached_packages()["checkpoint"]
-    eager, _ = load_checkpoint(checkpoint, "cuda")
-    graphed, _ = load_checkpoint(checkpoint, "cuda", cuda_graph=True)
+    full, _ = load_checkpoint(checkpoint, "cuda")
+    half, _ = load_checkpoint(checkpoint, "cuda", dtype="float16")
     batch = torch.randn(2, 3, 320, 320, device="cuda")
-    for _ in range(2):  # capture, then replay
-        for a, b in zip(eager(batch), graphed(batch), strict=True):
-            assert torch.equal(a, b)
+    for a, b in zip(full(batch), half(batch), strict=True):
+        assert b.dtype == torch.float32 and ((a - b).abs() < 0.05).float().mean() > 0.9
 
 
 @cuda

@@ -1,9 +1,10 @@
 """PyTorch backend: the `rfdetr` package's RF-DETR module, in eval/export mode, on the caller's stream.
 
 Built from a package's `weights.pth` + `model_type.json` or from a training checkpoint (`model`
-state dict + `args`). Runs in float32, float16 or bfloat16 (outputs always float32), optionally
-replaying a captured CUDA graph per input shape. Work is queued on the current CUDA stream, so a
-batch that preprocessing left on that stream needs no host synchronisation before it.
+state dict + `args`). Runs in float32, float16 or bfloat16 (outputs always float32). Work is queued
+on the current CUDA stream, so a batch that preprocessing left on that stream needs no host
+synchronisation before it. (CUDA graphs cannot capture rfdetr 1.11.2's forward: it copies a CPU
+tensor to the GPU inside it, measured on an H100.)
 """
 
 from __future__ import annotations
@@ -82,52 +83,22 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, module: torch.nn.Module, device: str | torch.device = "cpu",
-                 dtype: str = "float32", cuda_graph: bool = False):
+    def __init__(self, module: torch.nn.Module, device: str | torch.device = "cpu", dtype: str = "float32"):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         self.device = resolve_device(device)
         self.dtype = DTYPES[dtype]
-        if cuda_graph and self.device.type != "cuda":
-            raise ValueError("cuda_graph=True needs a CUDA device")
         module = module.eval()
         if hasattr(module, "export"):
             module.export()  # single-group forward returning (boxes, logits) without auxiliary outputs
         self.module = module.to(self.device, self.dtype)
-        self.cuda_graph = cuda_graph
-        self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]] = {}
-
-    def _run(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        boxes, logits = self.module(batch.to(self.dtype))[:2]
-        return logits.float(), boxes.float()
-
-    def _graphed(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        key = tuple(batch.shape)
-        if key not in self._graphs:
-            static_in = batch.clone()
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):  # warm-up outside the capture, as CUDA graphs require
-                for _ in range(2):
-                    self._run(static_in)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self._run(static_in)
-            self._graphs[key] = (graph, static_in, static_out)
-        graph, static_in, static_out = self._graphs[key]
-        static_in.copy_(batch)
-        graph.replay()
-        # Clones: the next replay overwrites the static outputs.
-        return static_out[0].clone(), static_out[1].clone()
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if batch.device != self.device:
             raise ValueError(f"batch is on {batch.device}, the torch backend runs on {self.device}")
-        if self.cuda_graph:
-            return self._graphed(batch)
-        return self._run(batch)
+        boxes, logits = self.module(batch.to(self.dtype))[:2]
+        return logits.float(), boxes.float()
 
 
 def _variant(rfdetr, class_name: str):
