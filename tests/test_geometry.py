@@ -457,5 +457,10 @@ def test_plans_are_pure(cfg, width, height):
 def test_divisible_target_is_the_smallest_multiple_not_below_the_request(divisor, requested):
     cfg = make_config(size=(64, 64), dynamic={"type": "pad-to-be-divisible", "value": divisor})
     target = resolve_target_size(cfg, requested)
+    if tuple(requested) == (64, 64):
+        # Asking for the training size is not a dynamic request: the reference keeps it as it is,
+        # divisible or not.
+        assert target == cfg.training_size
+        return
     for got, want in zip(target, requested, strict=True):
         assert got % divisor == 0 and want <= got < want + divisor
