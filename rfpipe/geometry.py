@@ -13,7 +13,14 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from rfpipe.config import ContrastType, DynamicSizeMode, ImageSize, ModelConfig, ResizeFilter, ResizeMode
+from rfpipe.config import (
+    ContrastType,
+    DynamicSizeMode,
+    ImageSize,
+    ModelConfig,
+    ResizeFilter,
+    ResizeMode,
+)
 
 logger = logging.getLogger("rfpipe")
 

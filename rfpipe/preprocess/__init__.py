@@ -7,7 +7,9 @@ share the geometry and tables and never import each other.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +18,8 @@ import torch
 from rfpipe.config import ModelConfig
 from rfpipe.geometry import Overrides, PreprocessMetadata, plan_image, resolve_target_size
 from rfpipe.preprocess.inputs import to_frames
+
+logger = logging.getLogger("rfpipe")
 
 # name -> module holding `run(frames, plans, config, device, color_format) -> Tensor`
 IMPLEMENTATIONS = {
@@ -40,6 +44,16 @@ def _device(value: Any) -> torch.device:
         raise ValueError(f"unknown device {value!r}") from error
 
 
+@functools.lru_cache(maxsize=1)
+def _cpu_usable() -> bool:
+    try:
+        from rfpipe.preprocess import cpu
+    except ImportError as error:  # the C kernels were not built
+        logger.warning("rfpipe: exact CPU kernels unavailable (%s); using the reference implementation", error)
+        return False
+    return cpu.available()
+
+
 def _cuda_usable(device: torch.device) -> bool:
     if device.type != "cuda" or not torch.cuda.is_available():
         return False
@@ -51,7 +65,10 @@ def _cuda_usable(device: torch.device) -> bool:
 def resolve_implementation(implementation: str, device: torch.device) -> Callable[..., torch.Tensor]:
     """The `run` function for a name; `auto` is the fastest exact implementation for `device`."""
     if implementation == "auto":
-        implementation = "cuda" if _cuda_usable(device) else "cpu"
+        if _cuda_usable(device):
+            implementation = "cuda"
+        else:
+            implementation = "cpu" if _cpu_usable() else "reference"
     if implementation not in IMPLEMENTATIONS:
         allowed = ", ".join(repr(n) for n in [*IMPLEMENTATIONS, "auto"])
         raise ValueError(f"unknown implementation {implementation!r} (expected one of {allowed})")

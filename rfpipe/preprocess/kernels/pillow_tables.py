@@ -129,6 +129,7 @@ class ResizePlan:
         return int(v.first[0]), int(v.first[-1] + v.count[-1])
 
 
+@functools.lru_cache(maxsize=256)
 def resize_plan(in_size: tuple[int, int], out_size: tuple[int, int], major: int | None = None) -> ResizePlan:
     """How Pillow resizes (width, height) `in_size` to `out_size` with BILINEAR."""
     horizontal = axis_table(in_size[0], out_size[0]) if in_size[0] != out_size[0] else None
