@@ -51,6 +51,24 @@ def _strip(predictions: list[dict]) -> list[dict]:
     return [{k: v for k, v in p.items() if k != "detection_id"} for p in predictions]
 
 
+def _same(got: list[dict], want: list[dict]) -> bool:
+    """Equal detections up to the network's float noise across batch sizes.
+
+    The backend's matrix kernels may sum in another order for another batch size (ONNX Runtime on
+    this CPU: ~1e-7 on a score), so scores may differ in the last bits; classes, order and boxes must
+    not, apart from a box edge that rounds the other way (1 px). An answer from another image differs
+    in size, boxes and count, far beyond this.
+    """
+    if len(got) != len(want):
+        return False
+    for g, w in zip(got, want, strict=True):
+        if g["class"] != w["class"] or abs(g["confidence"] - w["confidence"]) > 1e-5:
+            return False
+        if any(abs(g[k] - w[k]) > 1 for k in ("x", "y", "width", "height")):
+            return False
+    return True
+
+
 def _direct(detector, image, confidence, overrides=None) -> list[dict]:
     (d,) = detector([image], confidence=confidence, overrides=overrides)
     return _strip(d.to_inference_json())
@@ -86,7 +104,7 @@ def test_concurrent_requests_on_the_real_detector_equal_direct_calls(packages, p
     assert mean_batch > 1
     for i, answer in enumerate(answers):
         assert answer.status_code == 200, answer.text
-        assert _strip(answer.json()["predictions"]) == expected[i], f"client {i}"
+        assert _same(_strip(answer.json()["predictions"]), expected[i]), f"client {i}"
 
 
 def test_inference_sdk_client_on_the_real_detector(packages, photos, tmp_path):
@@ -101,6 +119,6 @@ def test_inference_sdk_client_on_the_real_detector(packages, photos, tmp_path):
         result = client.infer(str(path), model_id=MODEL)
         models = client.list_loaded_models().models
     assert result["image"] == {"width": frame.shape[1], "height": frame.shape[0]}
-    assert _strip(result["predictions"]) == _direct(reference, frame, 0.4)
+    assert _same(_strip(result["predictions"]), _direct(reference, frame, 0.4))
     size = reference.config.training_size
     assert (models[0].input_width, models[0].input_height) == (size.width, size.height)

@@ -247,6 +247,8 @@ class Batcher:
             _deliver(jobs[0], error=error)
             return
         self._metrics.images.labels(device).inc(len(jobs))
+        if device.startswith("cuda"):
+            self._metrics.gpu_peak.labels(device).set(torch.cuda.max_memory_allocated(device))
         for job, result in zip(jobs, results, strict=True):
             job.release()
             _deliver(job, result)

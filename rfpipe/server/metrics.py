@@ -35,6 +35,7 @@ class Metrics:
         self.batch_size = Histogram("rfpipe_batch_size", "Images per forward pass", buckets=_BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("rfpipe_queue_depth", "Images admitted and not yet taken into a batch", registry=r)
         self.images = Counter("rfpipe_images", "Images inferred", ["device"], registry=r)
+        self.gpu_peak = Gauge("rfpipe_gpu_memory_peak_bytes", "Peak GPU memory allocated by torch", ["device"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
