@@ -174,17 +174,22 @@ class ServerState:
         return outcomes
 
     def _response(self, detections: Any, frame: np.ndarray, options: Options, request_id: str, elapsed: float) -> dict:
-        predictions = detections.to_inference_json()
-        if options.class_filter is not None:
-            predictions = [p for p in predictions if p["class"] in options.class_filter]
-        if options.max_detections is not None:
-            predictions = predictions[: options.max_detections]
-        visualization = None
-        if options.visualize:
-            visualization = draw_predictions(frame, predictions, options.labels, options.stroke)
-        return {"inference_id": request_id, "time": elapsed,
-                "image": {"width": int(frame.shape[1]), "height": int(frame.shape[0])},
-                "predictions": predictions, "visualization": visualization}
+        return response_for(detections, frame, options, request_id, elapsed)
+
+
+def response_for(detections: Any, frame: np.ndarray, options: Options, request_id: str, elapsed: float) -> dict:
+    """One image's answer in the inference server's shape, with the request's filters applied."""
+    predictions = detections.to_inference_json()
+    if options.class_filter is not None:
+        predictions = [p for p in predictions if p["class"] in options.class_filter]
+    if options.max_detections is not None:
+        predictions = predictions[: options.max_detections]
+    visualization = None
+    if options.visualize:
+        visualization = draw_predictions(frame, predictions, options.labels, options.stroke)
+    return {"inference_id": request_id, "time": elapsed,
+            "image": {"width": int(frame.shape[1]), "height": int(frame.shape[0])},
+            "predictions": predictions, "visualization": visualization}
 
 
 def _nothing() -> None:
@@ -317,7 +322,7 @@ def _validation_message(error: RequestValidationError) -> tuple[int, str, str]:
     return 422, "invalid_parameters", "invalid request: " + "; ".join(problems[:10])
 
 
-def _options_from_request(body: ObjectDetectionRequest) -> Options:
+def options_from_request(body: ObjectDetectionRequest) -> Options:
     return Options(
         confidence=body.confidence,
         overrides=Overrides(disable_static_crop=body.disable_preproc_static_crop,
@@ -425,7 +430,7 @@ def create_app(detectors: list[Any], settings: ServerSettings) -> FastAPI:
                            f"the request has {len(payloads)} images, the limit is {settings.max_images}")
         names = ["image"] if len(payloads) == 1 else [f"image[{i}]" for i in range(len(payloads))]
         sources = [_payload_source(p, name, settings) for p, name in zip(payloads, names, strict=True)]
-        results = await state.infer(sources, _options_from_request(body), _request_id(request),
+        results = await state.infer(sources, options_from_request(body), _request_id(request),
                                     request.scope["state"]["started"])
         return JSONResponse(results if isinstance(body.image, list) else results[0])
 
