@@ -57,7 +57,7 @@ def test_mixed_overrides_and_confidences_share_one_forward(detector):
 async def _submit(batcher: Batcher, frames, confidences, overrides=None):
     loop = asyncio.get_running_loop()
     overrides = overrides or [Overrides()] * len(frames)
-    jobs = [Job(f, o, c, loop, loop.create_future(), lambda: None)
+    jobs = [Job(f, o, c, loop, loop.create_future())
             for f, o, c in zip(frames, overrides, confidences, strict=True)]
     batcher.admit(len(jobs))
     batcher.submit(jobs)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -43,7 +44,6 @@ from rfpipe.server.schemas import (
     RegisteredModels,
 )
 from rfpipe.server.settings import ServerSettings
-from rfpipe.server.staging import PinnedPool
 from rfpipe.server.visualize import draw_predictions
 
 logger = logging.getLogger("rfpipe.server")
@@ -71,8 +71,28 @@ class Options:
 @dataclass
 class _Staged:
     frame: np.ndarray  # what the detector gets (a pinned copy on GPU serving)
-    original: np.ndarray  # the decoded frame (kept for visualization)
-    release: Any
+    original: np.ndarray  # the decoded frame (kept for visualization and the answer's size)
+
+
+def _pinned_copy(frame: np.ndarray) -> np.ndarray:
+    """`frame` copied into page-locked memory, which the CUDA preprocessing uploads without staging.
+
+    The copy runs on a decode thread, beside the batch in flight, instead of on the GPU worker's
+    critical path. Torch's caching host allocator reuses the buffer once the array is dropped, and
+    the admission bound on queued images bounds how many are alive. When pinning is not possible
+    the frame stays pageable (correct, only slower).
+    """
+    try:
+        from rfpipe.preprocess.cuda import pinned_frame
+    except ImportError:  # the CUDA runtime is not in this build: its helper is one torch call
+        def pinned_frame(height: int, width: int, channels: int = 3) -> np.ndarray:
+            return torch.empty((height, width, channels), dtype=torch.uint8, pin_memory=True).numpy()
+    try:
+        staged = pinned_frame(*frame.shape)
+    except RuntimeError:
+        return frame
+    np.copyto(staged, frame)
+    return staged
 
 
 class ServerState:
@@ -90,8 +110,7 @@ class ServerState:
         self.max_batch = min(settings.max_batch, limit) if limit else settings.max_batch
         self.batcher = Batcher(detectors, self.max_batch, settings.max_wait_ms / 1000.0, settings.queue_size, self.metrics)
         self.decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="rfpipe-decode")
-        on_gpu = any(str(d.device).startswith("cuda") for d in detectors)
-        self.pinned = PinnedPool(settings.pinned_budget_bytes) if on_gpu else None
+        self.pin_frames = any(str(d.device).startswith("cuda") for d in detectors)
 
     def describe(self) -> dict[str, Any]:
         size = self.config.training_size
@@ -112,8 +131,7 @@ class ServerState:
             frame = decode_image(data, auto_orient=auto_orient, max_pixels=s.max_pixels)
         except DecodeError as error:
             raise from_decode_error(error, where) from error
-        staged, release = self.pinned.stage(frame) if self.pinned is not None else (frame, _nothing)
-        return _Staged(staged, frame, release)
+        return _Staged(_pinned_copy(frame) if self.pin_frames else frame, frame)
 
     async def infer(self, sources: list[Any], options: Options, request_id: str, started: float) -> list[dict]:
         """Decode, batch and infer `sources` (bytes, or callables giving bytes); one response dict per image."""
@@ -132,15 +150,13 @@ class ServerState:
             staged = await asyncio.wait_for(asyncio.shield(decoding), self.settings.request_timeout_s)
         except (asyncio.TimeoutError, asyncio.CancelledError) as error:
             self.batcher.withdraw(len(sources))
-            decoding.add_done_callback(_release_all)  # buffers of images still decoding come back when they finish
             if isinstance(error, asyncio.CancelledError):
                 raise
             raise _timeout(self.settings.request_timeout_s) from None
-        except Exception:  # a decode error; _decode_all gave back the buffers of the images it did decode
+        except Exception:  # a decode error
             self.batcher.withdraw(len(sources))
             raise
-        jobs = [Job(s.frame, options.overrides, options.confidence, loop, loop.create_future(), s.release)
-                for s in staged]
+        jobs = [Job(s.frame, options.overrides, options.confidence, loop, loop.create_future()) for s in staged]
         self.batcher.submit(jobs)
         try:
             detections = await asyncio.wait_for(asyncio.gather(*(j.future for j in jobs)),
@@ -166,9 +182,6 @@ class ServerState:
         )
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:
-            for o in outcomes:
-                if isinstance(o, _Staged):
-                    o.release()
             raise failures[0]
         self.metrics.stage.labels("decode").observe((time.perf_counter() - started) / len(sources))
         return outcomes
@@ -190,16 +203,6 @@ def response_for(detections: Any, frame: np.ndarray, options: Options, request_i
     return {"inference_id": request_id, "time": elapsed,
             "image": {"width": int(frame.shape[1]), "height": int(frame.shape[0])},
             "predictions": predictions, "visualization": visualization}
-
-
-def _nothing() -> None:
-    return None
-
-
-def _release_all(task: asyncio.Future) -> None:
-    if not task.cancelled() and task.exception() is None:
-        for staged in task.result():
-            staged.release()
 
 
 def _timeout(seconds: float) -> ApiError:

@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +37,6 @@ class Job:
     confidence: float
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
-    release: Callable[[], None]  # gives a pinned staging buffer back; called once the job is finished
     enqueued: float = field(default_factory=time.monotonic)
     abandoned: bool = False  # set by the request when it timed out: skip if not started
 
@@ -192,7 +190,6 @@ class Batcher:
                     self._queue.clear()
                     self._admitted -= len(jobs)
                     for job in jobs:
-                        job.release()
                         _deliver(job, error=RuntimeError("the server is shutting down"))
                     return None
                 deadline = self._queue[0].enqueued + self._max_wait
@@ -207,9 +204,7 @@ class Batcher:
                 while self._queue and len(jobs) < self._max_batch:
                     job = self._queue.popleft()
                     self._admitted -= 1
-                    if job.abandoned:
-                        job.release()
-                    else:
+                    if not job.abandoned:
                         jobs.append(job)
                 self._metrics.queue_depth.set(len(self._queue))
                 if jobs:
@@ -243,12 +238,10 @@ class Batcher:
                 for job in jobs:
                     self._run(detector, device, [job])
                 return
-            jobs[0].release()
             _deliver(jobs[0], error=error)
             return
         self._metrics.images.labels(device).inc(len(jobs))
         if device.startswith("cuda"):
             self._metrics.gpu_peak.labels(device).set(torch.cuda.max_memory_allocated(device))
         for job, result in zip(jobs, results, strict=True):
-            job.release()
             _deliver(job, result)

@@ -27,7 +27,6 @@ class ServerSettings:
     allow_url_input: bool = False  # fetch `url` images (public addresses only)
     url_timeout_s: float = 10.0
     decode_threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
-    pinned_budget_bytes: int = 1 << 30  # page-locked staging for decoded frames, GPU serving only
     retry_after_s: int = 1  # Retry-After on 503
 
     def __post_init__(self) -> None:
