@@ -34,6 +34,21 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from rfpipe.samples import load_samples  # noqa: E402
 
 MODEL_ID = "bench/1"
+FAKE = "fake"
+# tests/server_support.FakeDetector (reference preprocessing, a pooled-pixel linear "network") behind the
+# real app, for soaking the serving path where the real network is too slow (2-core CPU).
+FAKE_SERVER = """
+import sys, uvicorn
+sys.path.insert(0, "tests")
+from conftest import make_config
+from server_support import FakeDetector
+from rfpipe.server import ServerSettings, create_app
+from rfpipe.server.cli import build_parser
+a = build_parser().parse_args(sys.argv[1:])
+detector = FakeDetector(make_config(size=(64, 64), mode="letterbox", dataset=(96, 72)))
+settings = ServerSettings(model_id=a.model_id, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, queue_size=a.queue_size)
+uvicorn.run(create_app([detector], settings), host="127.0.0.1", port=a.port, log_level="warning")
+"""
 
 
 def encoded_samples(limit_side: int) -> list[str]:
@@ -60,8 +75,11 @@ class Server:
                 "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--queue-size", "1024",
                 "--log-level", "warning", *extra]
         code = "import sys; from rfpipe.server.cli import main; sys.exit(main(sys.argv[1:]))"
-        env = {**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(__file__), "..")}
-        self.process = subprocess.Popen([sys.executable, "-c", code, *argv], env=env)
+        if model == FAKE:  # the serving path (HTTP, decode, batching, JSON) around a stand-in network
+            code = FAKE_SERVER
+        root = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        self.process = subprocess.Popen([sys.executable, "-c", code, *argv], env=env, cwd=root)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> Server:
@@ -214,7 +232,8 @@ def soak(server: Server, images: list[str], total: int, concurrency: int = 8, ev
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="model package to serve (the benchmark starts the server)")
+    p.add_argument("--model", help="model package to serve (the benchmark starts the server); "
+                                    "'fake' serves a stand-in network (serving-path soak)")
     p.add_argument("--url", help="a running server on loopback instead (its model id must be 'bench/1')")
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-batch", type=int, default=16)
