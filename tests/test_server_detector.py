@@ -15,24 +15,13 @@ import cv2
 import numpy as np
 import pytest
 import requests
+from model_packages import packages  # noqa: F401  (the fixture)
 from server_support import live_server
 
 import rfpipe
 from rfpipe.server import ServerSettings, create_app
 
-if not hasattr(rfpipe, "Detector"):
-    pytest.skip("rfpipe.Detector is not on this branch yet", allow_module_level=True)
-
 MODEL = "untrained-nano/1"
-
-
-@pytest.fixture(scope="module")
-def packages():
-    pytest.importorskip("rfdetr", reason="rfdetr is not installed (needed to build the test model)")
-    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
-    from rfpipe.untrained import cached_packages
-
-    return cached_packages()
 
 
 def _images(photos, count: int) -> list[np.ndarray]:
@@ -81,7 +70,7 @@ def _mean_batch(url: str) -> float:
     return total / count
 
 
-def test_concurrent_requests_on_the_real_detector_equal_direct_calls(packages, photos):
+def test_concurrent_requests_on_the_real_detector_equal_direct_calls(packages, photos):  # noqa: F811
     reference = rfpipe.Detector.load(packages["static-crop"], device="cpu")
     served = rfpipe.Detector.load(packages["static-crop"], device="cpu")
     images = _images(photos, 8)
@@ -107,7 +96,7 @@ def test_concurrent_requests_on_the_real_detector_equal_direct_calls(packages, p
         assert _same(_strip(answer.json()["predictions"]), expected[i]), f"client {i}"
 
 
-def test_inference_sdk_client_on_the_real_detector(packages, photos, tmp_path):
+def test_inference_sdk_client_on_the_real_detector(packages, photos, tmp_path):  # noqa: F811
     sdk = pytest.importorskip("inference_sdk", reason="inference-sdk is not installed")
     reference = rfpipe.Detector.load(packages["letterbox"], device="cpu")
     path = tmp_path / "rocket.jpg"
