@@ -80,7 +80,7 @@ def test_mangled_image_bytes(client, image, confidence):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=12,
 )
@@ -117,3 +117,14 @@ def test_still_healthy_after_fuzzing(client):
     assert r.status_code == 200
     assert "rfpipe_http_requests_total" in client.get("/metrics").text
     assert 'status="500"' not in client.get("/metrics").text
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_non_finite_numbers_in_raw_json(client, literal):
+    # Python's JSON parser accepts these literals; they must still be 4xx, not a crash or a 200.
+    value = base64.b64encode(SEEDS[0]).decode().encode()
+    for field in (b"confidence", b"max_detections"):
+        raw = (b'{"model_id": "pets/3", "image": {"type": "base64", "value": "' + value + b'"}, "'
+               + field + b'": ' + literal + b"}")
+        r = client.post("/infer/object_detection", content=raw, headers={"content-type": "application/json"})
+        assert 400 <= r.status_code < 500, (field, literal, r.text)
