@@ -326,7 +326,10 @@ def _parse(raw: Any, class_names: tuple[str, ...], source: str) -> ModelConfig:
         contrast = reader.enum(ContrastType, contrast_section.get("type"), "image_pre_processing.contrast.type")
 
     removed = []
-    for i, op in enumerate(raw.get("class_names_operations") or []):
+    operations = raw.get("class_names_operations") or []
+    if not isinstance(operations, list):
+        raise reader.fail("class_names_operations", f"expected a list, got {type(operations).__name__}")
+    for i, op in enumerate(operations):
         path = f"class_names_operations[{i}]"
         if not isinstance(op, dict) or op.get("type") != "class_name_removal" or not isinstance(op.get("class_name"), str):
             raise reader.fail(path, f"expected {{'type': 'class_name_removal', 'class_name': str}}, got {op!r}")

@@ -129,11 +129,10 @@ def resolve_target_size(config: ModelConfig, image_size: int | tuple[int, int] |
         return trained
     if isinstance(image_size, bool) or not isinstance(image_size, (int, tuple, list)):
         raise TypeError(f"image_size must be an int or a (width, height) pair, got {image_size!r}")
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    if len(image_size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in image_size):
+    pair = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
         raise ValueError(f"image_size must be positive integers (width, height), got {image_size!r}")
-    requested = ImageSize(*image_size)
+    requested = ImageSize(*pair)
     if requested == trained:
         return trained
     if config.dynamic_size_mode is None:

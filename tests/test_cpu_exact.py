@@ -67,7 +67,7 @@ def test_cpu_equals_reference_on_real_sizes(photos):
 def test_cpu_equals_reference_on_random_sizes(seed):
     """1 px to 4K, wide and tall, down- and up-scaling, both filters, every mode."""
     rng = np.random.default_rng(1000 + seed)
-    shapes = [(1, 1), (1, 480), (640, 1), (3840, 2160), (2160, 3840), (2, 2), (1920, 1080)]
+    shapes = [(1, 1), (1, 480), (640, 1), (3840, 2160), (2160, 3840), (2, 2), (1920, 1080), (2, 293), (4, 1000), (7, 1500)]
     if seed < len(shapes):
         width, height = shapes[seed]
     else:

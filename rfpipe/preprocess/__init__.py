@@ -39,9 +39,20 @@ def _color_format(value: Any) -> str:
 
 def _device(value: Any) -> torch.device:
     try:
-        return torch.device(value)
+        device = torch.device(value)
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"unknown device {value!r}") from error
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {value!r}: rfpipe runs on 'cpu' or 'cuda'")
+    # Checked up front: otherwise the whole batch is preprocessed before torch's error surfaces.
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {value!r}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {value!r}: no such GPU (this machine has {torch.cuda.device_count()})"
+            )
+    return device
 
 
 @functools.lru_cache(maxsize=1)

@@ -85,13 +85,18 @@ def _tensor_frame(image: torch.Tensor, where: str) -> Frame:
         raise ValueError(f"{where}: expected a 3-D image tensor (HWC or CHW), got {_describe(image)}")
     if image.dtype.is_floating_point:
         chw = image
-        if image.shape[0] not in (1, 3) and image.shape[-1] in (1, 3):
+        # HWC when the first axis cannot be channels; a trailing 4 is read as channels too, so
+        # an RGBA HWC tensor gets the 4-channel error rather than "got <height> channels".
+        if image.shape[0] not in (1, 3) and image.shape[-1] in (1, 3, 4):
             chw = image.permute(2, 0, 1)
         _check_size(chw.shape[1], chw.shape[2], image, where)
         if chw.shape[0] == 1:
             chw = chw.expand(3, -1, -1)
         elif chw.shape[0] != 3:
             raise _channels_error(int(chw.shape[0]), image, where)
+        # Refused like float numpy input (this reads the tensor: on CUDA it waits for the GPU).
+        if not bool(torch.isfinite(chw).all()):
+            raise ValueError(f"{where}: float image contains NaN or infinite values")
         return Frame(chw.detach().to(torch.float32), is_float_tensor=True)
     if image.dtype != torch.uint8:
         raise TypeError(

@@ -14,16 +14,21 @@ kernel and the GPU kernels reproduce `Image.resize(size, Image.BILINEAR)` bit fo
 * an axis whose size does not change is not resampled at all.
 
 Pass order (the bytes depend on it, since each pass rounds):
-* Pillow < 13 always runs the horizontal pass first (on the source rows the vertical pass will
+* Pillow < 12.2 always runs the horizontal pass first (on the source rows the vertical pass will
   read), then the vertical pass.
-* Pillow 13.0 runs the vertical pass first when the height shrinks by more than twice as many
-  pixels as the width: `(in_h - out_h) > 0 and (in_h - out_h) > 2 * (in_w - out_w)`.
+* Pillow 12.2 and 12.3 do the same, except for very tall images: `Image.resize` (Python) runs a
+  vertical-only resize and then a horizontal-only one when `in_h > 100 * in_w and out_h < in_h`
+  (Pillow PR #9524; absent from 12.1.1, present in 12.2.0 and 12.3.0).
+* Pillow 13.0 drops that Python rule and decides in C (PR #9549): vertical first when the height
+  shrinks by more than twice as many pixels as the width:
+  `(in_h - out_h) > 0 and (in_h - out_h) > 2 * (in_w - out_w)`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +41,13 @@ BILINEAR_SUPPORT = 1.0
 
 def pillow_major_version(version: str = PIL.__version__) -> int:
     return int(version.split(".")[0])
+
+
+def pillow_version(version: str = PIL.__version__) -> tuple[int, int]:
+    """(major, minor) of a Pillow version string: the pass-order rule changed in 12.2 and 13.0."""
+    major, minor = version.split(".")[:2]
+    digits = re.match(r"\d*", minor).group()
+    return int(major), int(digits or 0)
 
 
 @dataclass(frozen=True)
@@ -99,16 +111,22 @@ def axis_table(in_size: int, out_size: int) -> AxisTable:
     return AxisTable(in_size, out_size, first.astype(np.int32), count.astype(np.int32), fixed)
 
 
-def vertical_first(in_size: tuple[int, int], out_size: tuple[int, int], major: int | None = None) -> bool:
-    """Whether the installed Pillow (or Pillow `major`) runs the vertical pass first.
+def vertical_first(
+    in_size: tuple[int, int], out_size: tuple[int, int], major: int | None = None, minor: int | None = None
+) -> bool:
+    """Whether the installed Pillow (or Pillow `major`.`minor`, minor 0 if omitted) runs the vertical pass first.
 
     Sizes are (width, height). Only meaningful when both axes change.
     """
-    major = pillow_major_version() if major is None else major
-    if major < 13:
-        return False
+    if major is None:
+        major, minor = pillow_version()
+    version = (major, minor or 0)
     shrink_h = in_size[1] - out_size[1]
     shrink_w = in_size[0] - out_size[0]
+    if version < (12, 2):
+        return False
+    if version < (13, 0):
+        return in_size[1] > in_size[0] * 100 and shrink_h > 0
     return shrink_h > 0 and shrink_h > shrink_w * 2
 
 
@@ -130,9 +148,11 @@ class ResizePlan:
 
 
 @functools.lru_cache(maxsize=256)
-def resize_plan(in_size: tuple[int, int], out_size: tuple[int, int], major: int | None = None) -> ResizePlan:
-    """How Pillow resizes (width, height) `in_size` to `out_size` with BILINEAR."""
+def resize_plan(
+    in_size: tuple[int, int], out_size: tuple[int, int], major: int | None = None, minor: int | None = None
+) -> ResizePlan:
+    """How Pillow (installed, or `major`.`minor`) resizes (width, height) `in_size` to `out_size` with BILINEAR."""
     horizontal = axis_table(in_size[0], out_size[0]) if in_size[0] != out_size[0] else None
     vertical = axis_table(in_size[1], out_size[1]) if in_size[1] != out_size[1] else None
     both = horizontal is not None and vertical is not None
-    return ResizePlan(horizontal, vertical, both and vertical_first(in_size, out_size, major))
+    return ResizePlan(horizontal, vertical, both and vertical_first(in_size, out_size, major, minor))

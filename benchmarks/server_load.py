@@ -1,0 +1,304 @@
+"""Load benchmark for `rfpipe serve`: throughput, p50/p99 latency, errors and peak memory per concurrency.
+
+Starts the server itself (on 127.0.0.1, a free port) from a model package, or targets a running
+one on loopback with --url. Every level is bounded in requests and in seconds. Optional parts:
+--compare-max-batch 1 starts a second server with that batch limit and prints the throughput ratio
+at the highest concurrency (the batching gain, baseline measured in the same run); --check sends
+64 different images concurrently and compares each answer with the same image's answer sent
+alone; --soak N sends N requests and samples the server's resident memory to show growth.
+
+    python benchmarks/server_load.py --model PKG [--device cuda] [--concurrency 1,8,64]
+        [--requests 200] [--max-batch 16] [--compare-max-batch 1] [--check] [--soak 10000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from rfpipe.samples import load_samples  # noqa: E402
+
+MODEL_ID = "bench/1"
+FAKE = "fake"
+# tests/server_support.FakeDetector (reference preprocessing, a pooled-pixel linear "network") behind the
+# real app, for soaking the serving path where the real network is too slow (2-core CPU).
+FAKE_SERVER = """
+import sys, uvicorn
+sys.path.insert(0, "tests")
+from conftest import make_config
+from server_support import FakeDetector
+from rfpipe.server import ServerSettings, create_app
+from rfpipe.server.cli import build_parser
+a = build_parser().parse_args(sys.argv[1:])
+detector = FakeDetector(make_config(size=(64, 64), mode="letterbox", dataset=(96, 72)))
+settings = ServerSettings(model_id=a.model_id, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, queue_size=a.queue_size)
+uvicorn.run(create_app([detector], settings), host="127.0.0.1", port=a.port, log_level="warning")
+"""
+
+
+def encoded_samples(limit_side: int) -> list[str]:
+    """The bundled photos as base64 JPEG (quality 95), larger sides cut to `limit_side`."""
+    out = []
+    for image in load_samples().values():
+        image = image[:limit_side, :limit_side]
+        out.append(base64.b64encode(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()).decode())
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`rfpipe serve` in a subprocess on 127.0.0.1; stopped on exit."""
+
+    def __init__(self, model: str, device: str, max_batch: int, max_wait_ms: float, extra: list[str]):
+        self.port = free_port()
+        argv = [model, "--model-id", MODEL_ID, "--host", "127.0.0.1", "--port", str(self.port), "--device", device,
+                "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--queue-size", "1024",
+                "--log-level", "warning", *extra]
+        code = "import sys; from rfpipe.server.cli import main; sys.exit(main(sys.argv[1:]))"
+        if model == FAKE:  # the serving path (HTTP, decode, batching, JSON) around a stand-in network
+            code = FAKE_SERVER
+        root = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        self.process = subprocess.Popen([sys.executable, "-c", code, *argv], env=env, cwd=root)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Server:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}")
+            try:
+                if request(self.url, "GET", "/readyz")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError("the server did not become ready in 600 s")
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+    def memory_mb(self) -> tuple[float, float]:
+        """Current and peak resident memory of the server process, MiB."""
+        fields = dict(line.split(":", 1) for line in open(f"/proc/{self.process.pid}/status"))
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def request(url: str, method: str, path: str, body: bytes | None = None, conn=None) -> tuple[int, bytes]:
+    parts = urllib.parse.urlsplit(url)
+    own = conn is None
+    conn = conn or http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
+    try:
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        if own:
+            conn.close()
+
+
+def infer_body(image_b64: str, confidence: float = 0.4) -> bytes:
+    return json.dumps({"model_id": MODEL_ID, "image": {"type": "base64", "value": image_b64},
+                       "confidence": confidence}).encode()
+
+
+def run_level(url: str, images: list[str], concurrency: int, requests: int, cap_s: float) -> dict:
+    """`requests` inferences from `concurrency` keep-alive clients (stops early after `cap_s`)."""
+    bodies = [infer_body(i) for i in images]
+    latencies: list[float] = []
+    errors: dict[int, int] = {}
+    counter = iter(range(requests))
+    lock = threading.Lock()
+    stop_at = time.monotonic() + cap_s
+
+    def client() -> None:
+        parts = urllib.parse.urlsplit(url)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
+        while time.monotonic() < stop_at:
+            with lock:
+                index = next(counter, None)
+            if index is None:
+                break
+            started = time.perf_counter()
+            try:
+                status, _ = request(url, "POST", "/infer/object_detection", bodies[index % len(bodies)], conn)
+            except OSError:
+                status = -1
+                conn.close()
+                conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
+            elapsed = time.perf_counter() - started
+            with lock:
+                if status == 200:
+                    latencies.append(elapsed)
+                else:
+                    errors[status] = errors.get(status, 0) + 1
+        conn.close()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for future in [pool.submit(client) for _ in range(concurrency)]:
+            future.result()
+    seconds = time.perf_counter() - started
+    latencies.sort()
+    done = len(latencies)
+    return {
+        "concurrency": concurrency, "ok": done, "errors": sum(errors.values()), "error_statuses": errors,
+        "seconds": round(seconds, 3), "req_per_s": round(done / seconds, 2),
+        "p50_ms": round(1000 * latencies[done // 2], 1) if done else None,
+        "p99_ms": round(1000 * latencies[min(done - 1, int(done * 0.99))], 1) if done else None,
+    }
+
+
+def metric(url: str, name: str) -> float | None:
+    text = request(url, "GET", "/metrics")[1].decode()
+    values = [float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
+    return max(values) if values else None
+
+
+def check_under_load(url: str, clients: int = 64) -> dict:
+    """Each of `clients` different images, sent together, gets the answer it gets alone."""
+    photos = list(load_samples().values())
+    images = []
+    for i in range(clients):
+        photo = photos[i % len(photos)]
+        y, x = 7 * i % 200, 11 * i % 200
+        crop = photo[y: y + 200 + 3 * i, x: x + 320 - 2 * i]
+        images.append(base64.b64encode(cv2.imencode(".png", crop)[1].tobytes()).decode())
+
+    def answer(image: str) -> list[dict] | str:
+        status, data = request(url, "POST", "/infer/object_detection", infer_body(image, 0.05))
+        if status != 200:
+            return f"HTTP {status}"
+        return [{k: v for k, v in p.items() if k != "detection_id"} for p in json.loads(data)["predictions"]]
+
+    def close(a: list[dict] | str, b: list[dict] | str) -> bool:
+        """Equal up to the network's float noise across batch sizes (scores 1e-5, box edges 1 px)."""
+        if isinstance(a, str) or isinstance(b, str) or len(a) != len(b):
+            return False
+        return all(p["class"] == q["class"] and abs(p["confidence"] - q["confidence"]) <= 1e-5
+                   and all(abs(p[k] - q[k]) <= 1 for k in ("x", "y", "width", "height")) for p, q in zip(a, b, strict=True))
+
+    alone = [answer(i) for i in images]
+    barrier = threading.Barrier(clients)
+
+    def together(image: str) -> str:
+        barrier.wait()
+        return answer(image)
+
+    with ThreadPoolExecutor(clients) as pool:
+        concurrent = list(pool.map(together, images))
+    pairs = list(zip(alone, concurrent, strict=True))
+    return {"clients": clients, "distinct_answers": len({json.dumps(a) for a in alone}),
+            "identical": sum(a == c for a, c in pairs), "equal_within_float_noise": sum(close(a, c) for a, c in pairs),
+            "errors": sum(isinstance(a, str) for a in alone + concurrent)}
+
+
+def soak(server: Server, images: list[str], total: int, concurrency: int = 8, every: int = 1000) -> dict:
+    """`total` requests in rounds of `every`; resident memory after each round."""
+    samples = []
+    errors = 0
+    for _ in range(total // every):
+        result = run_level(server.url, images, concurrency, every, cap_s=3600)
+        errors += result["errors"]
+        samples.append(round(server.memory_mb()[0], 1))
+    warm = samples[0]
+    return {"requests": total, "errors": errors, "rss_mb_after_each_1000": samples,
+            "growth_after_first_round_mb": round(samples[-1] - warm, 1)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="model package to serve (the benchmark starts the server); "
+                                    "'fake' serves a stand-in network (serving-path soak)")
+    p.add_argument("--url", help="a running server on loopback instead (its model id must be 'bench/1')")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--server-arg", action="append", default=[], help="extra `rfpipe serve` argument (repeatable)")
+    p.add_argument("--concurrency", default="1,8,64")
+    p.add_argument("--requests", type=int, default=200, help="requests per level")
+    p.add_argument("--cap-s", type=float, default=120.0, help="seconds per level at most")
+    p.add_argument("--image-side", type=int, default=1080, help="crop the sample photos to this side at most")
+    p.add_argument("--compare-max-batch", type=int, help="second server with this --max-batch, at the top concurrency")
+    p.add_argument("--check", action="store_true", help="64 concurrent clients, answers equal to alone")
+    p.add_argument("--soak", type=int, default=0, help="requests for the memory soak (multiple of 1000)")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args()
+    if not args.model and not args.url:
+        p.error("give --model (start a server) or --url (a running server)")
+    if args.url and urllib.parse.urlsplit(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        p.error("--url must be a loopback address")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    images = encoded_samples(args.image_side)
+    report: dict = {"machine": f"{platform.node()} {platform.processor() or platform.machine()} ({os.cpu_count()} cpus)",
+                    "date": time.strftime("%Y-%m-%d"), "device": args.device, "max_batch": args.max_batch,
+                    "max_wait_ms": args.max_wait_ms, "levels": []}
+
+    def measure(url: str, server: Server | None, label: str, concurrencies: list[int]) -> list[dict]:
+        run_level(url, images, min(8, max(concurrencies)), 2 * len(images), args.cap_s)  # warm-up
+        rows = []
+        for c in concurrencies:
+            row = {"server": label, **run_level(url, images, c, args.requests, args.cap_s)}
+            if server is not None:
+                row["server_peak_rss_mb"] = round(server.memory_mb()[1], 1)
+            gpu = metric(url, "rfpipe_gpu_memory_peak_bytes")
+            if gpu is not None:
+                row["gpu_peak_mb"] = round(gpu / (1 << 20), 1)
+            mean_batch = (metric(url, "rfpipe_batch_size_sum") or 0) / max(1, metric(url, "rfpipe_batch_size_count") or 1)
+            row["mean_batch_so_far"] = round(mean_batch, 2)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        return rows
+
+    if args.url:
+        report["levels"] = measure(args.url, None, "url max_batch=?", levels)
+    else:
+        extra = args.server_arg
+        with Server(args.model, args.device, args.max_batch, args.max_wait_ms, extra) as server:
+            report["levels"] = measure(server.url, server, f"max_batch={args.max_batch}", levels)
+            if args.check:
+                report["check"] = check_under_load(server.url)
+                print(json.dumps({"check": report["check"]}), flush=True)
+            if args.soak:
+                report["soak"] = soak(server, images, args.soak)
+                print(json.dumps({"soak": report["soak"]}), flush=True)
+        if args.compare_max_batch:
+            top = max(levels)
+            with Server(args.model, args.device, args.compare_max_batch, args.max_wait_ms, extra) as baseline:
+                base = measure(baseline.url, baseline, f"max_batch={args.compare_max_batch}", [top])[0]
+            batched = next(r for r in report["levels"] if r["concurrency"] == top)
+            report["batching_gain"] = {"concurrency": top, "baseline_req_per_s": base["req_per_s"],
+                                       "batched_req_per_s": batched["req_per_s"],
+                                       "ratio": round(batched["req_per_s"] / base["req_per_s"], 2)}
+            print(json.dumps({"batching_gain": report["batching_gain"]}), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

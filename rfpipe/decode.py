@@ -1,0 +1,246 @@
+"""Encoded image bytes -> BGR uint8 frames, decoded exactly as the inference server decodes them.
+
+The pixels come from OpenCV's `imdecode` with `IMREAD_COLOR` (EXIF orientation applied unless
+disabled, as the inference server does), so a frame here is byte-identical to the frame the
+reference pipeline sees. Before any pixel is decoded, the image's declared size is read from its
+header and checked against a pixel limit: a few kilobytes of PNG or JPEG can declare gigapixels
+(decompression bombs). Only JPEG, PNG, BMP, WebP and TIFF are accepted; for each of them the size
+is read by a small parser below, so no format reaches the decoder without passing the limit.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "SUPPORTED_FORMATS",
+    "CorruptImageError",
+    "DecodeError",
+    "EmptyImageError",
+    "ImageHeader",
+    "ImageTooLargeError",
+    "UnsupportedFormatError",
+    "decode_image",
+    "read_header",
+]
+
+# 40 megapixels: an 8K frame (33 MP) passes; a decoded image at the limit is 120 MB of BGR.
+DEFAULT_MAX_PIXELS = 40_000_000
+SUPPORTED_FORMATS = ("jpeg", "png", "bmp", "webp", "tiff")
+
+
+class DecodeError(ValueError):
+    """Bytes that cannot become a frame; the message names the problem."""
+
+
+class EmptyImageError(DecodeError):
+    """No bytes, or an image declaring zero width or height."""
+
+
+class UnsupportedFormatError(DecodeError):
+    """Bytes that are not one of SUPPORTED_FORMATS."""
+
+
+class ImageTooLargeError(DecodeError):
+    """The header declares more pixels than allowed."""
+
+
+class CorruptImageError(DecodeError):
+    """A recognised format whose data is corrupt or truncated."""
+
+
+class ImageHeader(NamedTuple):
+    format: str
+    width: int
+    height: int
+
+
+def _truncated(fmt: str, what: str) -> CorruptImageError:
+    return CorruptImageError(f"truncated {fmt.upper()} data: it ends before its {what}")
+
+
+# JPEG start-of-frame markers carry the size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but are not frames.
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RSTn: markers without a length field
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    pos, n = 2, len(data)
+    while pos + 1 < n:
+        if data[pos] != 0xFF:
+            raise CorruptImageError(f"corrupt JPEG data: expected a marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            raise CorruptImageError("corrupt JPEG data: no frame header before the image data")
+        if pos + 4 > n:
+            break
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        if length < 2:
+            raise CorruptImageError(f"corrupt JPEG data: segment length {length} at byte {pos}")
+        if marker in _JPEG_SOF:
+            if pos + 9 > n:
+                break
+            height, width = struct.unpack_from(">HH", data, pos + 5)
+            return width, height
+        pos += 2 + length
+    raise _truncated("jpeg", "frame header")
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 24:
+        raise _truncated("png", "header chunk")
+    if data[12:16] != b"IHDR":
+        raise CorruptImageError("corrupt PNG data: the first chunk is not IHDR")
+    width, height = struct.unpack_from(">II", data, 16)
+    return width, height
+
+
+def _bmp_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 26:
+        raise _truncated("bmp", "header")
+    (dib_size,) = struct.unpack_from("<I", data, 14)
+    if dib_size == 12:  # OS/2 BITMAPCOREHEADER: unsigned 16-bit sizes
+        width, height = struct.unpack_from("<HH", data, 18)
+        return width, height
+    width, height = struct.unpack_from("<ii", data, 18)
+    if width < 0:
+        raise CorruptImageError(f"corrupt BMP data: negative width {width}")
+    return width, abs(height)  # a negative height means rows stored top-down
+
+
+def _webp_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 30:
+        raise _truncated("webp", "header")
+    chunk = data[12:16]
+    if chunk == b"VP8X":  # extended: 24-bit canvas size minus one
+        width = 1 + int.from_bytes(data[24:27], "little")
+        height = 1 + int.from_bytes(data[27:30], "little")
+        return width, height
+    if chunk == b"VP8 ":  # lossy: key frame start code, then 14-bit sizes
+        if data[23:26] != b"\x9d\x01\x2a":
+            raise CorruptImageError("corrupt WebP data: missing the VP8 key frame start code")
+        width, height = struct.unpack_from("<HH", data, 26)
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L":  # lossless: signature byte, then 14-bit sizes minus one
+        if data[20] != 0x2F:
+            raise CorruptImageError("corrupt WebP data: bad VP8L signature")
+        (bits,) = struct.unpack_from("<I", data, 21)
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    raise CorruptImageError(f"corrupt WebP data: unknown first chunk {chunk!r}")
+
+
+def _tiff_size(data: bytes) -> tuple[int, int]:
+    order = "<" if data[:2] == b"II" else ">"
+    if len(data) < 8:
+        raise _truncated("tiff", "header")
+    (ifd,) = struct.unpack_from(order + "I", data, 4)
+    if ifd + 2 > len(data):
+        raise _truncated("tiff", "first image directory")
+    (count,) = struct.unpack_from(order + "H", data, ifd)
+    found: dict[int, int] = {}
+    for i in range(count):
+        entry = ifd + 2 + 12 * i
+        if entry + 12 > len(data):
+            raise _truncated("tiff", "first image directory")
+        tag, kind = struct.unpack_from(order + "HH", data, entry)
+        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT (3) or LONG (4)
+            if kind == 3:
+                (found[tag],) = struct.unpack_from(order + "H", data, entry + 8)
+            elif kind == 4:
+                (found[tag],) = struct.unpack_from(order + "I", data, entry + 8)
+            else:
+                raise CorruptImageError(f"corrupt TIFF data: size tag {tag} has field type {kind}")
+    if 256 not in found or 257 not in found:
+        raise CorruptImageError("corrupt TIFF data: the first image directory has no width or height")
+    return found[256], found[257]
+
+
+def _sniff(data: bytes) -> str:
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:2] == b"BM":
+        return "bmp"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if data[:4] in (b"II+\x00", b"MM\x00+"):
+        raise UnsupportedFormatError("unsupported image format: BigTIFF (classic TIFF is supported)")
+    shown = data[:8].hex(" ")
+    raise UnsupportedFormatError(
+        f"unsupported image format (first bytes: {shown}); supported: JPEG, PNG, BMP, WebP, TIFF"
+    )
+
+
+_SIZE_READERS = {"jpeg": _jpeg_size, "png": _png_size, "bmp": _bmp_size, "webp": _webp_size, "tiff": _tiff_size}
+
+
+def read_header(data: bytes | bytearray | memoryview) -> ImageHeader:
+    """Format and declared size of encoded image bytes, without decoding any pixel.
+
+    >>> read_header(open("photo.jpg", "rb").read())  # doctest: +SKIP
+    ImageHeader(format='jpeg', width=1920, height=1080)
+    """
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    if not data:
+        raise EmptyImageError("empty image: no bytes")
+    fmt = _sniff(data)
+    try:
+        width, height = _SIZE_READERS[fmt](data)
+    except (struct.error, IndexError) as error:  # a field cut off by the end of the data
+        raise _truncated(fmt, "header") from error
+    return ImageHeader(fmt, width, height)
+
+
+def _check_size(header: ImageHeader, max_pixels: int) -> None:
+    if header.width == 0 or header.height == 0:
+        raise EmptyImageError(f"zero-size image: {header.format.upper()} declares {header.width}x{header.height} pixels")
+    pixels = header.width * header.height
+    if pixels > max_pixels:
+        raise ImageTooLargeError(
+            f"image too large: {header.format.upper()} declares {header.width}x{header.height} = "
+            f"{pixels} pixels, the limit is {max_pixels}"
+        )
+
+
+def decode_image(
+    data: bytes | bytearray | memoryview, auto_orient: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Decode one encoded image to a BGR uint8 HWC frame, after checking its header against `max_pixels`.
+
+    EXIF orientation is applied unless `auto_orient=False` (the inference server's
+    `disable_preproc_auto_orient`). Raises a `DecodeError` subclass naming the problem.
+
+    >>> frame = decode_image(open("photo.jpg", "rb").read())  # doctest: +SKIP
+    >>> frame.shape, frame.dtype  # doctest: +SKIP
+    ((1080, 1920, 3), dtype('uint8'))
+    """
+    header = read_header(data)
+    _check_size(header, max_pixels)
+    flags = cv2.IMREAD_COLOR if auto_orient else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    try:
+        frame = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error as error:  # some decoders raise instead of returning nothing
+        raise CorruptImageError(f"corrupt {header.format.upper()} data: {str(error).strip()}") from error
+    if frame is None or frame.size == 0:
+        raise CorruptImageError(
+            f"could not decode the {header.format.upper()} image ({header.width}x{header.height} declared): "
+            "the data is corrupt or truncated"
+        )
+    if frame.shape[0] * frame.shape[1] > max_pixels:  # the decoder disagreed with the header
+        raise ImageTooLargeError(f"image too large: decoded to {frame.shape[1]}x{frame.shape[0]} pixels, the limit is {max_pixels}")
+    return frame

@@ -1,0 +1,219 @@
+"""`Detector`: load a model package or checkpoint, then pre -> forward -> post, each stage callable alone.
+
+One class for every backend: the backend only runs the network; preprocessing and post-processing
+are rfpipe's own, exact against the reference. On CUDA the composed call never synchronises the
+host between stages: the batch is queued on the current stream and the backend orders itself
+after it; only post-processing's small result copy waits for the GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rfpipe.backends import BACKENDS, Backend, BackendUnavailable, resolve_device
+from rfpipe.config import (
+    CLASS_NAMES_FILE,
+    CONFIG_FILE,
+    ConfigError,
+    ImageSize,
+    ModelConfig,
+    load_config,
+)
+from rfpipe.detections import Detections
+from rfpipe.geometry import Overrides, PreprocessMetadata
+from rfpipe.postprocess import DEFAULT_CONFIDENCE, Confidence, class_layout, postprocess
+from rfpipe.preprocess import preprocess
+
+__all__ = ["Detections", "Detector", "checkpoint_config"]
+
+logger = logging.getLogger("rfpipe")
+
+IMAGENET_NORMALIZATION = [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
+
+# backend name -> package files it needs
+BACKEND_FILES = {
+    "onnx": ("weights.onnx",),
+    "tensorrt": ("engine.plan", "trt_config.json"),
+    "torch": ("weights.pth", "model_type.json"),
+}
+# backend="auto": first whose files are present and whose runtime loads on the device
+AUTO_ORDER = {"cuda": ("tensorrt", "torch", "onnx"), "cpu": ("onnx", "torch")}
+
+
+def checkpoint_config(resolution: int, size_divisor: int, class_names: Sequence[str], source: str) -> ModelConfig:
+    """The config a bare training checkpoint implies: stretch to its square resolution, RGB, ImageNet
+    normalization, other sizes allowed when divisible by the patch grid (as rfdetr's own predict)."""
+    raw = {
+        "network_input": {
+            "training_input_size": {"width": resolution, "height": resolution},
+            "dynamic_spatial_size_supported": True,
+            "dynamic_spatial_size_mode": {"type": "pad-to-be-divisible", "value": size_divisor},
+            "resize_mode": "stretch",
+            "color_mode": "rgb",
+            "input_channels": 3,
+            "normalization": IMAGENET_NORMALIZATION,
+        }
+    }
+    return ModelConfig.from_dict(raw, class_names=list(class_names), source=source)
+
+
+def _read_model_type(path: Path) -> str:
+    try:
+        model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, json.JSONDecodeError, AttributeError) as error:
+        raise ConfigError(f"{path}: unreadable ({error})") from error
+    if not isinstance(model_type, str):
+        raise ConfigError(f"{path}: expected {{\"model_type\": \"rfdetr-...\"}}")
+    return model_type
+
+
+def _load_backend(name: str, package: Path, config: ModelConfig, device: torch.device, options: dict) -> Backend:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r} (expected one of {sorted(BACKENDS)} or 'auto')")
+    missing = [f for f in BACKEND_FILES[name] if not (package / f).is_file()]
+    if missing:
+        raise ConfigError(f"{package}: the {name} backend needs {', '.join(missing)}, which the package lacks")
+    module = importlib.import_module(BACKENDS[name])
+    if name == "onnx":
+        return module.OnnxBackend(package / "weights.onnx", device, **options)
+    if name == "tensorrt":
+        return module.TensorRTBackend(package / "engine.plan", package / "trt_config.json", device, **options)
+    model_type = _read_model_type(package / "model_type.json")
+    return module.load_package_weights(package / "weights.pth", model_type, config.training_size.height, device, **options)
+
+
+def _align_to_static_input(config: ModelConfig, backend: Backend) -> ModelConfig:
+    """The network's static input size wins over a disagreeing config (as inference-models does)."""
+    size = getattr(backend, "input_size", None)
+    if size is None:
+        return config
+    size = ImageSize(*size)
+    if size == config.training_size and not config.dynamic_size_supported:
+        return config
+    if size != config.training_size:
+        logger.warning(
+            "%s: the model takes %dx%d input but the config declares %dx%d; using the model's size",
+            config.source, size.width, size.height, config.training_size.width, config.training_size.height,
+        )
+    return dataclasses.replace(config, training_size=size, dynamic_size_mode=None, dynamic_size_divisor=None)
+
+
+class Detector:
+    """An RF-DETR detector: `Detector.load(path)(images)` -> one `Detections` per image.
+
+    >>> model = rfpipe.Detector.load("path/to/package", device="cuda")  # doctest: +SKIP
+    >>> model(frame_bgr, confidence=0.5)[0].xyxy  # doctest: +SKIP
+    """
+
+    def __init__(self, config: ModelConfig, backend: Backend, device: str | torch.device = "cpu"):
+        self.config = config
+        self.backend = backend
+        self.device = resolve_device(device)
+        self.backend_name = backend.name
+        self.class_names, _ = class_layout(config)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", backend: str = "auto", **options: Any) -> Detector:
+        """Load a package directory or an rfdetr training checkpoint (`.pth` with `model` and `args`).
+
+        `backend` is 'auto', 'onnx', 'tensorrt' or 'torch'; `options` go to the backend (torch:
+        dtype='float16'; onnx: threads=N).
+
+        >>> model = Detector.load("checkpoint_best_total.pth", device="cpu")  # doctest: +SKIP
+        """
+        path = Path(path)
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable(f"device {device} requested but CUDA is not available")
+        device = resolve_device(device)
+        if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
+            if backend not in ("auto", "torch"):
+                raise ValueError(f"{path}: a training checkpoint runs on the torch backend, not {backend!r}; "
+                                 "write a package with `rfpipe export` for other backends")
+            from rfpipe.backends import torch as torch_backend
+
+            net, info = torch_backend.load_checkpoint(path, device, **options)
+            config = checkpoint_config(info.resolution, info.size_divisor, info.class_names, str(path))
+            return cls(config, net, device)
+        if not path.is_dir():
+            raise ConfigError(f"{path}: not found (expected a package directory or a checkpoint .pth file)")
+        config = load_config(path)
+        if not config.class_names:
+            raise ConfigError(f"{path}: the package has no {CLASS_NAMES_FILE} (needed to name the classes)")
+        if backend == "auto":
+            names = AUTO_ORDER["cuda" if device.type == "cuda" else "cpu"]
+            present = [n for n in names if all((path / f).is_file() for f in BACKEND_FILES[n])]
+            if not present:
+                wanted = " or ".join(" + ".join(BACKEND_FILES[n]) for n in names)
+                raise ConfigError(f"{path}: no weights for {device.type} (expected {wanted} beside {CONFIG_FILE})")
+            errors = []
+            for name in present:
+                try:
+                    net = _load_backend(name, path, config, device, options)
+                    break
+                except BackendUnavailable as error:
+                    errors.append(f"{name}: {error}")
+            else:
+                raise BackendUnavailable(f"{path}: no backend could load: " + "; ".join(errors))
+        else:
+            net = _load_backend(backend, path, config, device, options)
+        return cls(_align_to_static_input(config, net), net, device)
+
+    def preprocess(
+        self,
+        images: Any,
+        input_color_format: str | None = "bgr",
+        overrides: Overrides | None = None,
+        image_size: int | tuple[int, int] | None = None,
+        implementation: str = "auto",
+        synchronize: bool = True,
+    ) -> tuple[torch.Tensor, list[PreprocessMetadata]]:
+        """The network batch on this detector's device and per-image metadata (see `rfpipe.preprocess`)."""
+        return preprocess(
+            images, self.config, self.device, input_color_format=input_color_format, image_size=image_size,
+            overrides=overrides, implementation=implementation, synchronize=synchronize,
+        )
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [B, Q, C], boxes [B, Q, 4]) on the device; batches over the package's limit run in chunks."""
+        limit = self.config.max_dynamic_batch_size
+        if limit is None or batch.shape[0] <= limit:
+            return self.backend(batch)
+        parts = [self.backend(batch[i : i + limit]) for i in range(0, batch.shape[0], limit)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def postprocess(
+        self, logits: torch.Tensor, boxes: torch.Tensor, metadata: Sequence[PreprocessMetadata],
+        confidence: Confidence = DEFAULT_CONFIDENCE,
+    ) -> list[Detections]:
+        """Detections in original-image pixels (see `rfpipe.postprocess`)."""
+        return postprocess(logits, boxes, metadata, self.config, confidence=confidence)
+
+    def __call__(
+        self,
+        images: Any,
+        confidence: Confidence = DEFAULT_CONFIDENCE,
+        input_color_format: str | None = "bgr",
+        overrides: Overrides | None = None,
+        image_size: int | tuple[int, int] | None = None,
+        implementation: str = "auto",
+    ) -> list[Detections]:
+        """Pre -> forward -> post; one `Detections` per image."""
+        batch, metadata = self.preprocess(
+            images, input_color_format, overrides, image_size, implementation, synchronize=False
+        )
+        logits, boxes = self.forward(batch)
+        return self.postprocess(logits, boxes, metadata, confidence)
+
+    def __repr__(self) -> str:
+        size = self.config.training_size
+        return (f"Detector(backend={self.backend_name!r}, device={str(self.device)!r}, "
+                f"input={size.width}x{size.height}, classes={len(self.class_names)})")

@@ -1,0 +1,73 @@
+"""Checkpoint -> model package: `inference_config.json`, `class_names.txt`, `weights.onnx`, and the
+torch weights (`weights.pth` + `model_type.json`), so every backend can load what `rfpipe export` writes.
+
+The ONNX graph comes from rfdetr's own exporter (the one Roboflow packages are made with), with a
+dynamic batch dimension.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from rfpipe.backends.torch import MODEL_TYPES, OPTIONAL_BUFFERS, import_rfdetr, quiet_rfdetr
+from rfpipe.config import CLASS_NAMES_FILE, CONFIG_FILE
+
+MODEL_TYPE_OF_CLASS = {cls: model_type for model_type, cls in MODEL_TYPES.items()}
+IMAGENET_NORMALIZATION = [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]
+
+
+def package_config(resolution: int) -> dict:
+    """The inference_config.json of an exported checkpoint: stretch to its resolution, RGB, ImageNet."""
+    return {
+        "image_pre_processing": {},
+        "network_input": {
+            "training_input_size": {"width": resolution, "height": resolution},
+            "dynamic_spatial_size_supported": False,
+            "color_mode": "rgb",
+            "resize_mode": "stretch",
+            "input_channels": 3,
+            "normalization": IMAGENET_NORMALIZATION,
+        },
+    }
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, onnx: bool = True) -> Path:
+    """Write a model package for an rfdetr training checkpoint into `out_dir` (created if needed).
+
+    >>> export_checkpoint("checkpoint_best_total.pth", "my-package")  # doctest: +SKIP
+    PosixPath('my-package')
+    """
+    import_rfdetr()
+    from rfdetr.detr import RFDETR
+
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
+    try:
+        with quiet_rfdetr():
+            wrapper = RFDETR.from_checkpoint(str(checkpoint), device="cpu")
+    except (ValueError, KeyError, RuntimeError, EOFError) as error:
+        raise ValueError(f"{checkpoint}: not a loadable rfdetr checkpoint ({error})") from error
+    class_name = type(wrapper).__name__
+    if class_name not in MODEL_TYPE_OF_CLASS:
+        raise ValueError(f"{checkpoint}: {class_name} models cannot be packaged (supported: {sorted(MODEL_TYPE_OF_CLASS)})")
+    config = wrapper.model_config
+    names = list(getattr(wrapper.model, "class_names", None) or [f"class_{i}" for i in range(config.num_classes)])
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / CONFIG_FILE).write_text(json.dumps(package_config(int(config.resolution)), indent=2) + "\n")
+    (out_dir / CLASS_NAMES_FILE).write_text("\n".join(names) + "\n")
+    (out_dir / "model_type.json").write_text(json.dumps({"model_type": MODEL_TYPE_OF_CLASS[class_name]}) + "\n")
+    # The torch weights as inference-models 0.39's loader reads them (a strict load: no rfdetr-only buffers).
+    weights = {k: v for k, v in wrapper.model.model.state_dict().items() if k not in OPTIONAL_BUFFERS}
+    torch.save({"model": weights}, out_dir / "weights.pth")
+    if onnx:
+        with tempfile.TemporaryDirectory() as scratch, quiet_rfdetr():
+            written = wrapper.export(output_dir=scratch, dynamic_batch=True, verbose=False, output_name="weights")
+            shutil.move(str(written), out_dir / "weights.onnx")
+    return out_dir

@@ -1,0 +1,153 @@
+"""`rfpipe predict`: run a Detector over image files, folders and videos; write JSON and annotated output.
+
+JSON follows the inference server's object-detection response (`image` size, `predictions` with
+centre x/y, width, height, confidence, class, class_id, detection_id; `time` in seconds).
+Annotated images are drawn with supervision's box and label annotators; a video input becomes an
+annotated video plus one JSON line per frame.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from rfpipe.detections import Detections
+from rfpipe.detector import Detector
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+
+
+def find_inputs(paths: Iterable[str | Path]) -> list[Path]:
+    """Image and video files from paths and folders (folders: their direct files, sorted)."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found.extend(p for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+        elif path.is_file():
+            if path.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+                raise ValueError(f"{path}: not an image or video file (by its suffix)")
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return found
+
+
+def read_image(path: Path) -> np.ndarray:
+    """BGR uint8 frame as the inference server decodes it (OpenCV, colour, EXIF orientation applied)."""
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: cannot decode this file as an image")
+    return image
+
+
+def inference_response(detections: Detections, image: np.ndarray, seconds: float) -> dict[str, Any]:
+    """The inference server's response body for one image."""
+    return {
+        "time": seconds,
+        "image": {"width": int(image.shape[1]), "height": int(image.shape[0])},
+        "predictions": detections.to_inference_json(),
+    }
+
+
+def annotate(image: np.ndarray, detections: Detections) -> np.ndarray:
+    """A copy of the BGR frame with boxes and 'class confidence' labels drawn by supervision."""
+    import supervision as sv
+
+    sv_detections = detections.to_supervision()
+    labels = [f"{name} {score:.2f}" for name, score in zip(detections.class_name, detections.confidence.tolist(), strict=True)]
+    scene = sv.BoxAnnotator().annotate(image.copy(), sv_detections)
+    return sv.LabelAnnotator().annotate(scene, sv_detections, labels=labels)
+
+
+def _frames(video: Path) -> Iterator[np.ndarray]:
+    capture = cv2.VideoCapture(str(video))
+    if not capture.isOpened():
+        raise ValueError(f"{video}: cannot open this video")
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                return
+            yield frame
+    finally:
+        capture.release()
+
+
+def predict_video(detector: Detector, video: Path, out_dir: Path | None, emit, batch: int = 4, **call) -> int:
+    """Annotated `<out>/<stem>.mp4` and `<out>/<stem>.jsonl` (one response per frame); returns frames."""
+    capture = cv2.VideoCapture(str(video))
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    capture.release()
+    writer = lines = None
+    count = 0
+    pending: list[np.ndarray] = []
+
+    def flush() -> None:
+        nonlocal writer, lines, count
+        start = time.perf_counter()
+        results = detector(pending, **call)
+        seconds = (time.perf_counter() - start) / len(pending)
+        for frame, dets in zip(pending, results, strict=True):
+            response = dict(inference_response(dets, frame, seconds), frame=count)
+            emit(video, response)
+            if out_dir is not None:
+                if writer is None:
+                    height, width = frame.shape[:2]
+                    writer = cv2.VideoWriter(str(out_dir / f"{video.stem}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+                    lines = open(out_dir / f"{video.stem}.jsonl", "w", encoding="utf-8")  # noqa: SIM115
+                writer.write(annotate(frame, dets))
+                lines.write(json.dumps(response) + "\n")
+            count += 1
+        pending.clear()
+
+    try:
+        for frame in _frames(video):
+            pending.append(frame)
+            if len(pending) == batch:
+                flush()
+        if pending:
+            flush()
+    finally:
+        if writer is not None:
+            writer.release()
+            lines.close()
+    return count
+
+
+def run_predict(detector: Detector, inputs: list[Path], out_dir: Path | None, print_json: bool,
+                progress: bool = True, **call) -> int:
+    """Predict every input; returns the number of images and video frames processed."""
+    from tqdm import tqdm
+
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def emit(path: Path, response: dict) -> None:
+        if print_json:
+            sys.stdout.write(json.dumps({"path": str(path), **response}) + "\n")
+
+    total = 0
+    for path in tqdm(inputs, desc="predict", unit="file", disable=not progress or len(inputs) < 2, file=sys.stderr):
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            total += predict_video(detector, path, out_dir, emit, **call)
+            continue
+        image = read_image(path)
+        start = time.perf_counter()
+        (dets,) = detector(image, **call)
+        response = inference_response(dets, image, time.perf_counter() - start)
+        emit(path, response)
+        if out_dir is not None:
+            (out_dir / f"{path.stem}.json").write_text(json.dumps(response, indent=1) + "\n")
+            cv2.imwrite(str(out_dir / f"{path.stem}{path.suffix if path.suffix.lower() in {'.jpg', '.jpeg', '.png'} else '.png'}"),
+                        annotate(image, dets))
+        total += 1
+    return total

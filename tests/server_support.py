@@ -1,0 +1,145 @@
+"""Test support for the server: a contract-shaped detector and a live uvicorn server on a free loopback port.
+
+`FakeDetector` follows the Detector contract (config, class_names, device, backend_name,
+preprocess/forward/postprocess, __call__) with the real reference preprocessing and a small
+deterministic forward whose outputs depend on every image's pixels, so results of different images
+differ and a result that reached the wrong request is caught. Its forward computes each image on its
+own (no cross-row GEMM), so batched and single answers are bit-identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import uvicorn
+
+import rfpipe
+from rfpipe.config import ImageSize
+
+
+@dataclass
+class FakeDetections:
+    xyxy: np.ndarray
+    confidence: np.ndarray
+    class_id: np.ndarray
+    class_name: list[str]
+
+    def to_inference_json(self) -> list[dict]:
+        out = []
+        for (x0, y0, x1, y1), conf, cid, name in zip(self.xyxy.tolist(), self.confidence.tolist(),
+                                                       self.class_id.tolist(), self.class_name, strict=True):
+            out.append({"x": (x0 + x1) / 2, "y": (y0 + y1) / 2, "width": x1 - x0, "height": y1 - y0,
+                        "confidence": conf, "class": name, "class_id": cid, "detection_id": str(uuid.uuid4())})
+        return out
+
+
+class FakeDetector:
+    """Reference preprocessing, a pooled-pixel linear 'network', DESIGN.md post-processing."""
+
+    backend_name = "fake"
+
+    def __init__(self, config: rfpipe.ModelConfig, class_names=("cat", "dog", "car"), queries: int = 12,
+                 device: str = "cpu", seed: int = 0):
+        self.config = config
+        self.class_names = tuple(class_names)
+        self.device = torch.device(device)
+        self.queries = queries
+        g = torch.Generator().manual_seed(seed)
+        n = len(self.class_names)
+        self._w_logits = torch.randn(queries * n, 48, generator=g, dtype=torch.float64) * 0.7
+        self._w_boxes = torch.randn(queries * 4, 48, generator=g, dtype=torch.float64)
+        self.calls: list[int] = []  # batch size of each forward, for batching tests
+        self.fail_on_pixel: int | None = None  # forward raises if any image's first pixel equals this
+
+    def preprocess(self, images, input_color_format="bgr", overrides=None, image_size=None, implementation="auto"):
+        return rfpipe.preprocess(images, self.config, device=self.device, input_color_format=input_color_format,
+                                 image_size=image_size, overrides=overrides, implementation="reference")
+
+    def forward(self, batch: torch.Tensor):
+        self.calls.append(batch.shape[0])
+        if self.fail_on_pixel is not None:
+            for image in batch:
+                if round(float(image[0, 0, 0]) * 1000) == self.fail_on_pixel:
+                    raise RuntimeError("injected forward failure")
+        pooled = torch.nn.functional.adaptive_avg_pool2d(batch.double(), (4, 4)).flatten(1)  # [B, 48]
+        # Elementwise products and a per-row sum: no batched GEMM, so a row never depends on its neighbours.
+        logits = (pooled[:, None, :] * self._w_logits[None]).sum(-1)
+        boxes = torch.sigmoid((pooled[:, None, :] * self._w_boxes[None]).sum(-1))
+        b = batch.shape[0]
+        return logits.reshape(b, self.queries, -1).float(), boxes.reshape(b, self.queries, 4).float()
+
+    def postprocess(self, logits, boxes, metadata, confidence=0.4):
+        results = []
+        scores = torch.sigmoid(logits)
+        for score, box, meta in zip(scores, boxes, metadata, strict=True):
+            flat = score.flatten()
+            values, index = flat.topk(self.queries)
+            query, cls = index // score.shape[1], index % score.shape[1]
+            keep = values > confidence
+            values, query, cls = values[keep], query[keep], cls[keep]
+            cx, cy, w, h = box[query].double().unbind(-1)
+            size = meta.nonsquare_intermediate_size or meta.inference_size
+            xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+            xyxy = xyxy * torch.tensor([size.width, size.height] * 2, dtype=torch.float64)
+            xyxy -= torch.tensor([meta.pad_left, meta.pad_top] * 2, dtype=torch.float64)
+            xyxy /= torch.tensor([meta.scale_width, meta.scale_height] * 2, dtype=torch.float64)
+            off = meta.static_crop_offset
+            xyxy += torch.tensor([off.offset_x, off.offset_y] * 2, dtype=torch.float64)
+            orig: ImageSize = meta.original_size
+            xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, orig.width)
+            xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, orig.height)
+            results.append(FakeDetections(
+                xyxy=torch.round(xyxy).to(torch.int64).numpy(), confidence=values.numpy().astype(np.float32),
+                class_id=cls.numpy().astype(np.int64), class_name=[self.class_names[c] for c in cls.tolist()]))
+        return results
+
+    def __call__(self, images, confidence=0.4, input_color_format="bgr", overrides=None, image_size=None,
+                 implementation="auto"):
+        batch, meta = self.preprocess(images, input_color_format, overrides, image_size, implementation)
+        logits, boxes = self.forward(batch)
+        return self.postprocess(logits, boxes, meta, confidence)
+
+
+def free_socket() -> socket.socket:
+    """A TCP socket bound to a free port on 127.0.0.1 (never another address)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.contextmanager
+def live_server(app, ready_timeout_s: float = 60.0) -> Iterator[str]:
+    """Serve `app` with uvicorn on 127.0.0.1 in a thread; yields the base URL; stops on exit."""
+    import requests
+
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + ready_timeout_s
+    try:
+        while True:
+            try:
+                if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the test server did not become ready")
+            time.sleep(0.05)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()

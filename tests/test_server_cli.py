@@ -1,0 +1,33 @@
+"""`rfpipe serve` arguments -> settings and devices (the model loading itself is the Detector's)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rfpipe.server.cli import build_parser, parse_devices, settings_from_args
+
+
+def test_flags_become_settings():
+    args = build_parser().parse_args(["pkgs/cars", "--model-id", "cars/3", "--max-batch", "16", "--max-wait-ms", "2",
+                                      "--queue-size", "64", "--request-timeout", "5", "--max-body-mb", "1.5",
+                                      "--max-pixels", "1000", "--max-images", "2", "--allow-url-input"])
+    s = settings_from_args(args)
+    assert (s.model_id, s.max_batch, s.max_wait_ms, s.queue_size, s.request_timeout_s) == ("cars/3", 16, 2.0, 64, 5.0)
+    assert (s.max_body_bytes, s.max_pixels, s.max_images, s.allow_url_input) == (1572864, 1000, 2, True)
+    assert args.host == "127.0.0.1" and args.port == 9001  # loopback unless the operator says otherwise
+
+
+def test_model_id_defaults_to_the_package_name():
+    assert settings_from_args(build_parser().parse_args(["/models/cars"])).model_id == "cars"
+
+
+def test_devices():
+    assert parse_devices("cuda:0,cuda:1") == ["cuda:0", "cuda:1"]
+    for bad in ("cuda:0,cuda:0", "cuda:0,", ""):
+        with pytest.raises(ValueError):
+            parse_devices(bad)
+
+
+def test_invalid_limits_are_refused():
+    with pytest.raises(ValueError, match="max_batch"):
+        settings_from_args(build_parser().parse_args(["m", "--max-batch", "0"]))
