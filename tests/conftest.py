@@ -12,6 +12,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+# Without a GPU the Triton kernels run under Triton's interpreter. The mode is fixed when a kernel is
+# decorated, so it is set here, before any test module imports rfpipe.preprocess.cuda.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import rfpipe  # noqa: E402
 from rfpipe.samples import load_samples  # noqa: E402
 

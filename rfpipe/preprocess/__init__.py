@@ -52,6 +52,8 @@ def _device(value: Any) -> torch.device:
             raise ValueError(
                 f"device {value!r}: no such GPU (this machine has {torch.cuda.device_count()})"
             )
+        if device.index is None:  # a bare "cuda" means the current GPU; an index keeps stream lookups cheap
+            device = torch.device("cuda", torch.cuda.current_device())
     return device
 
 
