@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 
 from rfpipe.preprocess.kernels import opencv_tables, pillow_tables
@@ -51,3 +57,21 @@ def opencv_linear(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     b1 = vy.weights[:, 1].astype(np.int64).reshape(vshape)
     out = (((b0 * (rows[y0] >> 4)) >> 16) + ((b1 * (rows[y1] >> 4)) >> 16) + 2) >> 2
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def run_beside(env_var: str, library: str, script: str) -> dict:
+    """Run `script` (a test file's `__main__` comparison) with another version of a library first on
+    the path, from the `pip install --target` directory `env_var` names; skip when it names none."""
+    import pytest
+
+    path = os.environ.get(env_var)
+    if not path:
+        pytest.skip(f"set {env_var} to a directory with {library} (pip install --target DIR ...)")
+    path = str(Path(path).resolve())  # the subprocess may resolve a relative path elsewhere
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([path, str(root)]))
+    completed = subprocess.run(
+        [sys.executable, str(Path(script).resolve())], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])

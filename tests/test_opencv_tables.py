@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
-from table_apply import opencv_linear
+from table_apply import opencv_linear, run_beside
 
 from rfpipe.preprocess.kernels.opencv_tables import COEF_SCALE, is_area_2x, linear_axis
 
@@ -203,21 +201,9 @@ def test_area_2x_is_the_2x2_mean_rounded_half_up():
 
 
 def test_tables_match_opencv_5():
-    import pytest
-
-    path = os.environ.get("RFPIPE_OPENCV5_PATH")
-    if not path:
-        pytest.skip("set RFPIPE_OPENCV5_PATH to a directory with opencv-python-headless==5.0.0.93 (pip install --target DIR)")
-    path = str(Path(path).resolve())  # the subprocess may resolve a relative path elsewhere
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([path, str(root)]))
-    completed = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve())], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    result = run_beside("RFPIPE_OPENCV5_PATH", "opencv-python-headless==5.0.0.93", __file__)
     assert result["opencv"].startswith("5."), result["opencv"]
-    assert result["opencv_file"].startswith(path)
+    assert result["opencv_file"].startswith(str(Path(os.environ["RFPIPE_OPENCV5_PATH"]).resolve()))
     assert result["area_2x_pairs"] > 30
     assert result["axis_mismatches"] == []
     assert result["mismatches"] == []

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import PIL
 from PIL import Image
-from table_apply import pillow_pass, pillow_resize
+from table_apply import pillow_pass, pillow_resize, run_beside
 
 from rfpipe.preprocess.kernels import pillow_tables
 from rfpipe.preprocess.kernels.pillow_tables import (
@@ -292,24 +290,8 @@ def test_pillow_13_gives_other_bytes_than_pillow_12_for_many_random_pairs():
 # --- against Pillow 13 (subprocess) ---------------------------------------------------------------
 
 
-def _run_with_path(env_var: str, library: str) -> dict:
-    import pytest
-
-    path = os.environ.get(env_var)
-    if not path:
-        pytest.skip(f"set {env_var} to a directory with {library} (pip install --target DIR ...)")
-    path = str(Path(path).resolve())  # the subprocess may resolve a relative path elsewhere
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([path, str(root)]))
-    completed = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve())], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
-
-
 def test_tables_and_pass_order_match_pillow_13():
-    result = _run_with_path("RFPIPE_PILLOW13_PATH", "pillow==13.0.0")
+    result = run_beside("RFPIPE_PILLOW13_PATH", "pillow==13.0.0", __file__)
     assert result["pillow"].startswith("13."), result["pillow"]
     assert result["pillow_file"].startswith(str(Path(os.environ["RFPIPE_PILLOW13_PATH"]).resolve()))
     assert result["axis_mismatches"] == []
