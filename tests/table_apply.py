@@ -59,6 +59,14 @@ def opencv_linear(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def uniform_and_near_pairs(rng: np.random.Generator, count: int) -> np.ndarray:
+    """(in, out) size pairs: `count // 2` uniform in 1..600, `count // 4` differing by at most 3."""
+    uniform = rng.integers(1, 601, (count // 2, 2))
+    base = rng.integers(1, 601, count // 4)
+    near = np.stack([base, np.clip(base + rng.integers(-3, 4, base.size), 1, None)], 1)
+    return np.concatenate([uniform, near])
+
+
 def run_beside(env_var: str, library: str, script: str) -> dict:
     """Run `script` (a test file's `__main__` comparison) with another version of a library first on
     the path, from the `pip install --target` directory `env_var` names; skip when it names none."""

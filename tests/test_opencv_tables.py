@@ -14,7 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from table_apply import opencv_linear, run_beside
+from table_apply import opencv_linear, run_beside, uniform_and_near_pairs
 
 from rfpipe.preprocess.kernels.opencv_tables import COEF_SCALE, is_area_2x, linear_axis
 
@@ -45,14 +45,12 @@ LARGE_IMAGES = [
 def axis_cases(seed: int, count: int) -> list[tuple[int, int]]:
     """(in, out) pairs: uniform 1..600, near-equal, near and exact integer ratios, edges, 4K-ish sides."""
     rng = np.random.default_rng(seed)
-    uniform = rng.integers(1, 601, (count // 2, 2))
-    base = rng.integers(1, 601, count // 4)
-    near = np.stack([base, np.clip(base + rng.integers(-3, 4, base.size), 1, None)], 1)
-    out = rng.integers(1, 200, count - len(uniform) - len(near))
+    common = uniform_and_near_pairs(rng, count)
+    out = rng.integers(1, 200, count - len(common))
     factor = rng.integers(2, 5, out.size)
     ratio = np.stack([out * factor + rng.integers(-1, 2, out.size), out], 1)
     ratio[::2] = ratio[::2, ::-1]  # half of them upscales
-    pairs = np.concatenate([uniform, near, np.clip(ratio, 1, None)]).tolist()
+    pairs = np.concatenate([common, np.clip(ratio, 1, None)]).tolist()
     return [tuple(p) for p in pairs if p[0] != p[1]] + EDGE_SIDES + LARGE_SIDES
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import PIL
 from PIL import Image
-from table_apply import pillow_pass, pillow_resize, run_beside
+from table_apply import pillow_pass, pillow_resize, run_beside, uniform_and_near_pairs
 
 from rfpipe.preprocess.kernels import pillow_tables
 from rfpipe.preprocess.kernels.pillow_tables import (
@@ -48,14 +48,12 @@ TALL = [(2, 300, 1, 299), (2, 201, 1, 200), (3, 301, 2, 300), (5, 501, 4, 499), 
 def axis_cases(seed: int, count: int) -> list[tuple[int, int]]:
     """(in, out) pairs: uniform 1..600, near-equal, extreme ratios, edges and 4K-ish sides."""
     rng = np.random.default_rng(seed)
-    uniform = rng.integers(1, 601, (count // 2, 2))
-    base = rng.integers(1, 601, count // 4)
-    near = np.stack([base, np.clip(base + rng.integers(-3, 4, base.size), 1, None)], 1)
-    small = rng.integers(1, 12, count - len(uniform) - len(near))
+    common = uniform_and_near_pairs(rng, count)
+    small = rng.integers(1, 12, count - len(common))
     big = rng.integers(100, 601, small.size)
     flip = rng.random(small.size) < 0.5
     extreme = np.stack([np.where(flip, small, big), np.where(flip, big, small)], 1)
-    pairs = np.concatenate([uniform, near, extreme]).tolist()
+    pairs = np.concatenate([common, extreme]).tolist()
     return [tuple(p) for p in pairs] + EDGE_SIDES + LARGE_SIDES
 
 
