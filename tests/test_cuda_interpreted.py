@@ -54,12 +54,12 @@ def forms(photos):
     return input_forms(photos, small=True)
 
 
-def _run_both(images, config, color="bgr", image_size=None, overrides=None, pillow_major=None):
+def _run_both(images, config, color="bgr", image_size=None, overrides=None, pillow=None):
     color = color or "bgr"
     frames = to_frames(images)
     target = resolve_target_size(config, image_size)
     plans = [plan_image(config, f.size, target, overrides, color, stretch_only=f.is_float_tensor) for f in frames]
-    ours = cuda.run_on_cpu(frames, plans, config, color, pillow_major=pillow_major)
+    ours = cuda.run_on_cpu(frames, plans, config, color, pillow=pillow)
     expected = reference.run(frames, plans, config, torch.device("cpu"), color)
     return ours, expected
 
@@ -134,7 +134,7 @@ def test_pillow_13_pass_order_is_followed_when_forced():
     plans = [plan_image(config, frames[0].size, config.training_size, None, "bgr")]
     table = normalization_table(config)
     for major, expected in ((13, thirteen), (12, twelve)):
-        ours = cuda.run_on_cpu(frames, plans, config, "bgr", pillow_major=major)
+        ours = cuda.run_on_cpu(frames, plans, config, "bgr", pillow=(major, 0))
         want = torch.stack([table[c][torch.from_numpy(expected[:, :, c].astype(np.int64))] for c in range(3)])
         assert torch.equal(ours[0], want), f"Pillow {major} order"
 
@@ -145,7 +145,7 @@ def test_mixed_pass_orders_in_one_batch_under_pillow_13():
     config = make_config(size=(50, 30))
     frames = to_frames(images)
     plans = [plan_image(config, f.size, config.training_size, None, "rgb") for f in frames]
-    ours = cuda.run_on_cpu(frames, plans, config, "rgb", pillow_major=13)
+    ours = cuda.run_on_cpu(frames, plans, config, "rgb", pillow=(13, 0))
     table = normalization_table(config)
     for i, image in enumerate(images):
         expected = pillow_resize(image, (50, 30), major=13)
@@ -170,3 +170,16 @@ def test_random_sizes_and_modes(photos):
             assert "too elongated" in str(error)
             continue
         assert torch.equal(ours, expected), f"case {case}: {width}x{height} {mode} -> {target} via {dataset}"
+
+
+@pytest.mark.parametrize("source, size", [((2, 293), (77, 90)), ((4, 1000), (32, 32)), ((3, 400), (20, 30))])
+def test_very_tall_images_follow_the_installed_pillow_pass_order(source, size):
+    """Pillow 12.2/12.3 resize images over 100x taller than wide vertically first (a Python-side
+    rule): the kernels must follow the installed version's minor number too, not only its major."""
+    rng = np.random.default_rng(21)
+    _assert_exact(random_image(rng, *source), make_config(size=size))
+
+
+def test_self_check_probes_pass_through_the_interpreted_kernels():
+    """The start-up probes (including the very tall one) agree with the installed Pillow/OpenCV."""
+    assert cuda.self_check(cuda.run_on_cpu) is None

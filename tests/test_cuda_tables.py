@@ -50,7 +50,7 @@ def _run_resamples(images: list[np.ndarray], sizes: list[tuple[int, int]], filte
                  0, gray, False, color_format)
         for img, size in zip(images, sizes, strict=True)
     ]
-    tables = LaunchTables(resamples, pillow_major=None)
+    tables = LaunchTables(resamples)
     offsets, total = [], 0
     for img in images:
         offsets.append(total)

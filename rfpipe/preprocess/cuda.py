@@ -71,7 +71,6 @@ from rfpipe.preprocess import adjust
 from rfpipe.preprocess.float_tensor import preprocess_float_tensor
 from rfpipe.preprocess.inputs import Frame
 from rfpipe.preprocess.kernels.float_tables import normalization_table
-from rfpipe.preprocess.kernels.pillow_tables import pillow_major_version
 
 logger = logging.getLogger("rfpipe")
 
@@ -213,25 +212,24 @@ def _output_shape(plans: list[ImagePlan]) -> tuple[int, int, int, int]:
 
 def run_on_cpu(
     frames: list[Frame], plans: list[ImagePlan], config: ModelConfig, color_format: str,
-    pillow_major: int | None = None,
+    pillow: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """`run`'s launch sequence on CPU tensors under `TRITON_INTERPRET=1` (tests without a GPU).
 
     CPU uint8 tensors stand in for device tensors (read in place through their strides); numpy
-    frames go through the same rectangle staging as on the GPU. `pillow_major` forces a Pillow
+    frames go through the same rectangle staging as on the GPU. `pillow` (major, minor) forces a Pillow
     pass-order rule (default: the installed Pillow's).
 
     >>> batch = run_on_cpu(frames, plans, config, "bgr")  # doctest: +SKIP
     """
     from rfpipe.preprocess.kernels.triton_batch import BatchPlan, launch, launchers
 
-    major = pillow_major_version() if pillow_major is None else pillow_major
     shape = _output_shape(plans)
     out = torch.empty(shape, dtype=torch.float32)
     jobs, floats = _jobs(frames, plans, color_format)
     if jobs:
         sources, pixels = _sources(jobs, torch.device("cpu"), in_place=lambda t: True, direct=False)
-        plan = BatchPlan(sources, shape, major)
+        plan = BatchPlan(sources, shape, pillow)
         buffer = torch.zeros(plan.buffer_bytes, dtype=torch.uint8)
         host = buffer.numpy()
         host[: plan.param_bytes] = plan.parameters(pixels, buffer.data_ptr())
@@ -363,7 +361,6 @@ class _Runtime:
         self.index = device.index
         self.stream = torch.cuda.Stream(device)
         self.lock = threading.Lock()
-        self.major = pillow_major_version()
         self.ring = _PinnedRing(RING_BYTES)
         self.buffer: torch.Tensor | None = None
         self.norms: dict[ModelConfig, torch.Tensor] = {}
@@ -384,7 +381,7 @@ class _Runtime:
         key = (sources, shape)
         plan = self.plans.get(key)
         if plan is None:
-            plan = BatchPlan(sources, shape, self.major)
+            plan = BatchPlan(sources, shape)
             plan.resident = None  # device copy of the parameters when they never change
             self.plans[key] = plan
             if len(self.plans) > PLAN_CACHE:
@@ -509,7 +506,7 @@ def _runtime(device: torch.device | str) -> _Runtime:
             problem = None
             try:
                 runtime = _Runtime(device)
-                problem = self_check(runtime)
+                problem = self_check(runtime.run)
             except Exception as error:  # Triton missing, cannot compile or launch here
                 problem = f"{type(error).__name__}: {error}".splitlines()[0][:300]
             if problem is None:
@@ -556,6 +553,8 @@ def _probes() -> list[tuple[str, dict, tuple[int, int], str]]:
     return [
         # Pillow 13 runs the vertical pass first here (height shrinks > 2x as much as the width).
         ("pillow-pass-order", {"size": (50, 30)}, (61, 90), "bgr"),
+        # Pillow 12.2/12.3 run very tall images (height > 100 x width) vertically first, in Python.
+        ("pillow-tall", {"size": (20, 30)}, (3, 400), "bgr"),
         ("pillow-upscale-gray", {"size": (64, 48), "grayscale": True}, (45, 37), "rgb"),
         ("opencv-area-2x", {"size": (40, 40), "mode": "letterbox", "dataset": (64, 48)}, (128, 96), "bgr"),
         ("opencv-linear-letterbox", {"size": (48, 48), "mode": "letterbox", "dataset": (80, 80), "padding": 114},
@@ -604,8 +603,9 @@ def _probe_expected(image: np.ndarray, plan: ImagePlan, color_format: str) -> np
     return image[:, :, ::-1] if plan.swap_channels else image
 
 
-def self_check(runtime: _Runtime) -> str | None:
-    """Run the probes through `runtime`; None when every output is bit-identical, else the reason."""
+def self_check(run: Any) -> str | None:
+    """Run the probes through `run` (a runtime's, or `run_on_cpu` in tests); None when every output
+    is bit-identical to the installed Pillow/OpenCV, else the reason."""
     from rfpipe.geometry import plan_image
 
     rng = np.random.default_rng(1234)
@@ -619,7 +619,7 @@ def self_check(runtime: _Runtime) -> str | None:
         table = normalization_table(config)
         want = torch.stack([table[c][torch.from_numpy(expected[:, :, c].astype(np.int64))] for c in range(3)])
         for attempt in ("first", "repeated"):  # the first call compiles; repeats take the cached paths
-            got = runtime.run([Frame(image)], [plan], config, color_format)[0].cpu()
+            got = run([Frame(image)], [plan], config, color_format)[0].cpu()
             if not torch.equal(got, want):
                 differing = int((got != want).sum())
                 return (f"self-check probe {name!r} ({attempt} call) differs from the installed "

@@ -49,14 +49,15 @@ class Source:
 class BatchPlan:
     """Tables, parameter template, uploads and buffer layout for one batch signature.
 
-    >>> plan = BatchPlan((Source(0, work, RECT),), (1, 3, 560, 560), pillow_major=12)  # doctest: +SKIP
+    >>> plan = BatchPlan((Source(0, work, RECT),), (1, 3, 560, 560), pillow=(12, 3))  # doctest: +SKIP
     """
 
-    def __init__(self, sources: tuple[Source, ...], out_shape: tuple[int, int, int, int], pillow_major: int):
+    def __init__(self, sources: tuple[Source, ...], out_shape: tuple[int, int, int, int],
+                 pillow: tuple[int, int] | None = None):
         self.sources = sources
         step_index = [i for i, s in enumerate(sources) if s.work.step is not None]
-        self.step = LaunchTables([sources[i].work.step for i in step_index], pillow_major) if step_index else None
-        self.final = LaunchTables([s.work.final for s in sources], pillow_major)
+        self.step = LaunchTables([sources[i].work.step for i in step_index], pillow) if step_index else None
+        self.final = LaunchTables([s.work.final for s in sources], pillow)
         self.pillow = sources[0].work.final.filter.value == "pillow-bilinear"
         self.step_count = len(step_index)
         parts = [self.step.rows if self.step else np.zeros(0, np.int64), None,

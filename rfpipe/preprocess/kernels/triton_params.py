@@ -123,7 +123,7 @@ def _tiles(out_u: int, out_v: int, block: tuple[int, int]) -> int:
 
 
 @functools.lru_cache(maxsize=1024)
-def _static(resample: Resample, pillow_major: int) -> _Static:
+def _static(resample: Resample, pillow: tuple[int, int] | None) -> _Static:
     (iw, ih), (ow, oh) = resample.in_size, resample.out_size
     x0, y0, ww, wh = resample.window
     row = np.zeros(FIELDS, np.int64)
@@ -133,7 +133,7 @@ def _static(resample: Resample, pillow_major: int) -> _Static:
     row[Field.GW0 : Field.GW2 + 1] = GRAY_WEIGHTS[resample.color_format]
     row[Field.SWAP] = int(resample.swap)
     if resample.filter is ResizeFilter.PILLOW_BILINEAR:
-        transposed = iw != ow and ih != oh and pillow_tables.vertical_first((iw, ih), (ow, oh), pillow_major)
+        transposed = iw != ow and ih != oh and pillow_tables.vertical_first((iw, ih), (ow, oh), *(pillow or ()))
         tab_x, k_x = _pillow_axis(iw, ow)
         tab_y, k_y = _pillow_axis(ih, oh)
         if transposed:
@@ -167,12 +167,12 @@ class Placement:
 class LaunchTables:
     """Parameter rows and coefficient tables for one kernel launch over a batch.
 
-    >>> t = LaunchTables([work.final for work in works], pillow_major=12)  # doctest: +SKIP
+    >>> t = LaunchTables([work.final for work in works], pillow=(12, 3))  # doctest: +SKIP
     >>> t.finish(sources, outputs)  # -> (meta int64 [N, FIELDS], coefficients int32)  # doctest: +SKIP
     """
 
-    def __init__(self, resamples: list[Resample], pillow_major: int):
-        statics = [_static(r, pillow_major) for r in resamples]
+    def __init__(self, resamples: list[Resample], pillow: tuple[int, int] | None = None):
+        statics = [_static(r, pillow) for r in resamples]
         offsets: dict[int, int] = {}
         blocks = []
         size = 0
