@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -82,11 +81,8 @@ def _pinned_copy(frame: np.ndarray) -> np.ndarray:
     the admission bound on queued images bounds how many are alive. When pinning is not possible
     the frame stays pageable (correct, only slower).
     """
-    try:
-        from rfpipe.preprocess.cuda import pinned_frame
-    except ImportError:  # the CUDA runtime is not in this build: its helper is one torch call
-        def pinned_frame(height: int, width: int, channels: int = 3) -> np.ndarray:
-            return torch.empty((height, width, channels), dtype=torch.uint8, pin_memory=True).numpy()
+    from rfpipe.preprocess.cuda import pinned_frame
+
     try:
         staged = pinned_frame(*frame.shape)
     except RuntimeError:
