@@ -15,9 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-INTERPRETED = not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
-if INTERPRETED:
-    os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are decorated
+# conftest.py sets TRITON_INTERPRET=1 when there is no GPU, before any kernel is decorated.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 pytest.importorskip("triton", reason="triton is not installed")
 
 from rfpipe.config import ImageSize, ResizeFilter  # noqa: E402
