@@ -39,10 +39,6 @@ ROUNDING_BIAS = 1 << (PRECISION_BITS - 1)  # added before the final shift: round
 BILINEAR_SUPPORT = 1.0
 
 
-def pillow_major_version(version: str = PIL.__version__) -> int:
-    return int(version.split(".")[0])
-
-
 def pillow_version(version: str = PIL.__version__) -> tuple[int, int]:
     """(major, minor) of a Pillow version string: the pass-order rule changed in 12.2 and 13.0."""
     major, minor = version.split(".")[:2]
