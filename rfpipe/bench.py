@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
+from rfpipe.decode import OPENCV_MAX_PIXELS, decode_image
 from rfpipe.detector import Detector
 
 STAGES = ("decode", "preprocess", "forward", "postprocess")
@@ -29,8 +29,8 @@ def _sync(device: torch.device) -> None:
 
 
 def decode(data: bytes) -> np.ndarray:
-    """Encoded image bytes -> BGR uint8 frame (OpenCV, as the inference server decodes)."""
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    """Encoded image bytes -> BGR uint8 frame, decoded as the server decodes (rfpipe.decode)."""
+    return decode_image(data, max_pixels=OPENCV_MAX_PIXELS)
 
 
 def summarise(samples_ms: Sequence[float]) -> dict[str, float]:

@@ -31,6 +31,8 @@ __all__ = [
 
 # 40 megapixels: an 8K frame (33 MP) passes; a decoded image at the limit is 120 MB of BGR.
 DEFAULT_MAX_PIXELS = 40_000_000
+# OpenCV's own ceiling (CV_IO_MAX_IMAGE_PIXELS): what local tools (predict, bench) allow.
+OPENCV_MAX_PIXELS = 1 << 30
 SUPPORTED_FORMATS = ("jpeg", "png", "bmp", "webp", "tiff")
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from rfpipe.decode import OPENCV_MAX_PIXELS, DecodeError, decode_image
 from rfpipe.detections import Detections
 from rfpipe.detector import Detector
 
@@ -41,12 +42,11 @@ def find_inputs(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """BGR uint8 frame as the inference server decodes it (OpenCV, colour, EXIF orientation applied)."""
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"{path}: cannot decode this file as an image")
-    return image
+    """BGR uint8 frame decoded as the server decodes it (rfpipe.decode: OpenCV, colour, EXIF orientation)."""
+    try:
+        return decode_image(Path(path).read_bytes(), max_pixels=OPENCV_MAX_PIXELS)
+    except DecodeError as error:
+        raise ValueError(f"{path}: cannot decode this file as an image ({error})") from error
 
 
 def inference_response(detections: Detections, image: np.ndarray, seconds: float) -> dict[str, Any]:
