@@ -1,19 +1,39 @@
 #!/usr/bin/env bash
-# Server load on a GPU machine (the device tool): single-GPU levels, batching gain, correctness under
-# load, 10,000-request soak, then two workers on cuda:0,cuda:1. Writes logs and JSON to $OUT.
-# Needs beside torch/triton/opencv: fastapi starlette uvicorn pydantic pydantic_core annotated-types
-# typing-inspection python-multipart opentelemetry-api (server) and rfdetr pyDeprecate defusedxml (to
-# build the untrained Nano checkpoint), as wheels installed into $SITE (see the device README).
+# Server load on a GPU machine (the device tool). Steps, in the order given (default: all):
+#   levels   one GPU: concurrency 1/8/64, correctness under load (--check), batching gain vs --max-batch 1
+#   soak     one GPU: 10,000 requests, resident memory after each 1000
+#   workers  one GPU, --workers-per-device 2, concurrency 64
+#   multi    --device cuda:0,cuda:1 at concurrency 64, beside cuda:0 alone in the same call (needs 2 GPUs)
+#   decode   one GPU, --gpu-decode, concurrency 64, beside the CPU decode in the same call
+# Writes logs and JSON to $OUT. Needs beside torch/triton/opencv: fastapi starlette uvicorn pydantic
+# pydantic_core annotated-types typing-inspection python-multipart opentelemetry-api (server) and rfdetr
+# pyDeprecate defusedxml transformers tokenizers huggingface_hub supervision (to build the untrained Nano
+# checkpoint), as wheels installed into $SITE (see the device README).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 python3 setup.py build_ext --inplace -q >/dev/null 2>&1 || echo "C extension build failed"
 export PYTHONPATH="${SITE:-/tmp/site}:$PWD"
-python3 -c "from rfpipe.untrained import build_checkpoint; build_checkpoint('/tmp/m/checkpoint.pth')"
+[ -f /tmp/m/checkpoint.pth ] || python3 -c "from rfpipe.untrained import build_checkpoint; build_checkpoint('/tmp/m/checkpoint.pth')"
 B="python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 720 --max-batch 16"
-$B --device cuda:0 --concurrency 1,8,64 --requests 200 --cap-s 15 --check --soak 10000 --compare-max-batch 1 \
-   --json "$OUT/gpu1.json" 2>&1 | grep --line-buffered -v -i warn | tee "$OUT/gpu1.log"
-if [ "$(python3 -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
-  $B --device cuda:0,cuda:1 --concurrency 64 --requests 400 --cap-s 15 --json "$OUT/gpu2.json" 2>&1 \
-     | grep --line-buffered -v -i warn | tee "$OUT/gpu2.log"
-fi
+log() { grep --line-buffered -v -E "UserWarning|FutureWarning|DeprecationWarning|warnings.warn" | tee "$OUT/$1"; }
+gpus=$(python3 -c 'import torch; print(torch.cuda.device_count())')
+steps=${*:-levels soak workers multi decode}
+for step in $steps; do
+  case $step in
+    levels) timeout 300 $B --device cuda:0 --concurrency 1,8,64 --requests 400 --cap-s 15 --check \
+              --compare-max-batch 1 --json "$OUT/levels.json" 2>&1 | log levels.log ;;
+    soak) timeout 300 $B --device cuda:0 --concurrency 64 --requests 200 --cap-s 10 --soak 10000 \
+            --json "$OUT/soak.json" 2>&1 | log soak.log ;;
+    workers) timeout 120 $B --device cuda:0 --server-arg=--workers-per-device=2 --concurrency 64 --requests 800 \
+               --cap-s 15 --json "$OUT/workers.json" 2>&1 | log workers.log ;;
+    multi) if [ "$gpus" -ge 2 ]; then
+             timeout 120 $B --device cuda:0 --concurrency 64 --requests 800 --cap-s 15 --json "$OUT/multi_one.json" 2>&1 | log multi_one.log
+             timeout 120 $B --device cuda:0,cuda:1 --concurrency 64 --requests 800 --cap-s 15 --json "$OUT/multi_two.json" 2>&1 | log multi_two.log
+           else echo "multi: needs 2 GPUs, this machine has $gpus" | tee "$OUT/multi.log"; fi ;;
+    decode) timeout 120 $B --device cuda:0 --concurrency 64 --requests 800 --cap-s 15 --json "$OUT/decode_cpu.json" 2>&1 | log decode_cpu.log
+            timeout 120 $B --device cuda:0 --server-arg=--gpu-decode --concurrency 64 --requests 800 --cap-s 15 \
+              --json "$OUT/decode_gpu.json" 2>&1 | log decode_gpu.log ;;
+    *) echo "unknown step $step"; exit 2 ;;
+  esac
+done

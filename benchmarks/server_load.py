@@ -225,6 +225,8 @@ def soak(server: Server, images: list[str], total: int, concurrency: int = 8, ev
         result = run_level(server.url, images, concurrency, every, cap_s=3600)
         errors += result["errors"]
         samples.append(round(server.memory_mb()[0], 1))
+        print(json.dumps({"soak_round": len(samples), "errors": errors, "req_per_s": result["req_per_s"],
+                          "rss_mb": samples[-1]}), flush=True)
     warm = samples[0]
     return {"requests": total, "errors": errors, "rss_mb_after_each_1000": samples,
             "growth_after_first_round_mb": round(samples[-1] - warm, 1)}
