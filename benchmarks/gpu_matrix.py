@@ -187,7 +187,7 @@ def pillow13_order(checker: Checker) -> None:
     from rfpipe.preprocess.kernels.float_tables import normalization_table
 
     runtime = cuda._Runtime(DEVICE)
-    runtime.major = 13
+    runtime.pillow = (13, 0)
     for (w, h), (tw, th) in [((1920, 1080), (560, 300)), ((640, 480), (600, 200)), ((3000, 2000), (1000, 400))]:
         img = synthetic_frame(h, w, seed=w)
         config = rfpipe.ModelConfig.from_dict(make_raw_config(size=(tw, th)))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Server load on a GPU machine (the device tool). Steps, in the order given (default: all):
 #   levels   one GPU: concurrency 1/8/64, correctness under load (--check), batching gain vs --max-batch 1
+#   fp32     one GPU, TF32 off (NVIDIA_TF32_OVERRIDE=0): correctness under load and its batching gain
 #   soak     one GPU: 10,000 requests, resident memory after each 1000
 #   workers  one GPU, --workers-per-device 2, concurrency 64
 #   multi    --device cuda:0,cuda:1 at concurrency 64, beside cuda:0 alone in the same call (needs 2 GPUs)
@@ -18,11 +19,13 @@ export PYTHONPATH="${SITE:-/tmp/site}:$PWD"
 B="python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 720 --max-batch 16"
 log() { grep --line-buffered -v -E "UserWarning|FutureWarning|DeprecationWarning|warnings.warn" | tee "$OUT/$1"; }
 gpus=$(python3 -c 'import torch; print(torch.cuda.device_count())')
-steps=${*:-levels soak workers multi decode}
+steps=${*:-levels fp32 soak workers multi decode}
 for step in $steps; do
   case $step in
     levels) timeout 300 $B --device cuda:0 --concurrency 1,8,64 --requests 400 --cap-s 15 --check \
               --compare-max-batch 1 --json "$OUT/levels.json" 2>&1 | log levels.log ;;
+    fp32) NVIDIA_TF32_OVERRIDE=0 timeout 200 $B --device cuda:0 --concurrency 64 --requests 400 --cap-s 15 --check \
+            --compare-max-batch 1 --json "$OUT/fp32.json" 2>&1 | log fp32.log ;;
     soak) timeout 300 $B --device cuda:0 --concurrency 64 --requests 200 --cap-s 10 --soak 10000 \
             --json "$OUT/soak.json" 2>&1 | log soak.log ;;
     workers) timeout 120 $B --device cuda:0 --server-arg=--workers-per-device=2 --concurrency 64 --requests 800 \

@@ -367,6 +367,7 @@ class _Runtime:
         self.plans: collections.OrderedDict = collections.OrderedDict()
         self.kernels = launchers()
         self.keep: collections.deque = collections.deque()  # (event, objects the GPU still reads)
+        self.pillow: tuple[int, int] | None = None  # (major, minor) forces that Pillow's pass order (checks)
 
     def _norm(self, config: ModelConfig) -> torch.Tensor:
         table = self.norms.get(config)
@@ -381,7 +382,7 @@ class _Runtime:
         key = (sources, shape)
         plan = self.plans.get(key)
         if plan is None:
-            plan = BatchPlan(sources, shape)
+            plan = BatchPlan(sources, shape, self.pillow)
             plan.resident = None  # device copy of the parameters when they never change
             self.plans[key] = plan
             if len(self.plans) > PLAN_CACHE:
