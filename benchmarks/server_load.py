@@ -201,6 +201,17 @@ def answer_drift(a: list[dict], b: list[dict], box_px: float = 2.0) -> dict:
             "max_conf_delta": conf_delta, "max_box_delta_px": box_delta}
 
 
+def check_frames(count: int = 64) -> list:
+    """`count` different crops of the sample photos (BGR), all of different sizes."""
+    photos = list(load_samples().values())
+    crops = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        y, x = 7 * i % 200, 11 * i % 200
+        crops.append(photo[y: y + 200 + 3 * i, x: x + 320 - 2 * i])
+    return crops
+
+
 def check_under_load(url: str, clients: int = 64, confidence: float = 0.05) -> dict:
     """Each of `clients` different images, sent together, gets the answer it gets alone.
 
@@ -209,13 +220,7 @@ def check_under_load(url: str, clients: int = 64, confidence: float = 0.05) -> d
     own answer alone, and `own_answer_nearest`: for how many concurrent answers their own image's answer
     alone is nearer (top 10 detections) than any other image's; anything below `clients` is cross-talk.
     """
-    photos = list(load_samples().values())
-    images = []
-    for i in range(clients):
-        photo = photos[i % len(photos)]
-        y, x = 7 * i % 200, 11 * i % 200
-        crop = photo[y: y + 200 + 3 * i, x: x + 320 - 2 * i]
-        images.append(base64.b64encode(cv2.imencode(".png", crop)[1].tobytes()).decode())
+    images = [base64.b64encode(cv2.imencode(".png", crop)[1].tobytes()).decode() for crop in check_frames(clients)]
 
     def answer(image: str) -> list[dict] | str:
         status, data = request(url, "POST", "/infer/object_detection", infer_body(image, confidence))
