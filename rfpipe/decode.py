@@ -11,6 +11,7 @@ is read by a small parser below, so no format reaches the decoder without passin
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import cv2
@@ -71,7 +72,10 @@ _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xC
 _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RSTn: markers without a length field
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int]:
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(marker, payload start, payload length) of each marker segment after SOI, up to and
+    including the first start of scan or end of image (yielded with length 0); ends early where the
+    data ends. Raises CorruptImageError where the data is not a marker sequence."""
     pos, n = 2, len(data)
     while pos + 1 < n:
         if data[pos] != 0xFF:
@@ -83,19 +87,27 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
         if marker in _JPEG_STANDALONE:
             pos += 2
             continue
-        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
-            raise CorruptImageError("corrupt JPEG data: no frame header before the image data")
+        if marker in (0xD9, 0xDA):  # end of image / start of scan: the headers end here
+            yield marker, pos + 2, 0
+            return
         if pos + 4 > n:
-            break
+            return
         (length,) = struct.unpack_from(">H", data, pos + 2)
         if length < 2:
             raise CorruptImageError(f"corrupt JPEG data: segment length {length} at byte {pos}")
-        if marker in _JPEG_SOF:
-            if pos + 9 > n:
-                break
-            height, width = struct.unpack_from(">HH", data, pos + 5)
-            return width, height
+        yield marker, pos + 4, length - 2
         pos += 2 + length
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    for marker, start, _ in _jpeg_segments(data):
+        if marker in (0xD9, 0xDA):
+            raise CorruptImageError("corrupt JPEG data: no frame header before the image data")
+        if marker in _JPEG_SOF:
+            if start + 5 > len(data):
+                break
+            height, width = struct.unpack_from(">HH", data, start + 1)
+            return width, height
     raise _truncated("jpeg", "frame header")
 
 
