@@ -31,6 +31,7 @@ __all__ = [
     "checked_header",
     "decode_image",
     "exif_orientation",
+    "jpeg_components",
     "read_header",
 ]
 
@@ -103,16 +104,34 @@ def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
         pos += 2 + length
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int]:
+def _jpeg_frame_header(data: bytes) -> int:
+    """Where the frame header's fields start: precision (1 byte), height, width (2 each), components."""
     for marker, start, _ in _jpeg_segments(data):
         if marker in (0xD9, 0xDA):
             raise CorruptImageError("corrupt JPEG data: no frame header before the image data")
         if marker in _JPEG_SOF:
             if start + 5 > len(data):
                 break
-            height, width = struct.unpack_from(">HH", data, start + 1)
-            return width, height
+            return start
     raise _truncated("jpeg", "frame header")
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    height, width = struct.unpack_from(">HH", data, _jpeg_frame_header(data) + 1)
+    return width, height
+
+
+def jpeg_components(data: bytes | bytearray | memoryview) -> int:
+    """Colour components a JPEG's frame header declares: 1 (grey), 3 (YCbCr or RGB), 4 (CMYK or YCCK).
+
+    >>> jpeg_components(open("photo.jpg", "rb").read())  # doctest: +SKIP
+    3
+    """
+    data = bytes(data)
+    at = _jpeg_frame_header(data) + 5
+    if at >= len(data):
+        raise _truncated("jpeg", "frame header")
+    return data[at]
 
 
 def _png_size(data: bytes) -> tuple[int, int]:

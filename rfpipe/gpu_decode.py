@@ -17,8 +17,10 @@ every device alike.
 
 What the device decoder does not take goes to `decode_image` on the CPU (`decode_for_device`):
 other formats; JPEG data that does not end with its end-of-image marker (truncated data, which
-OpenCV refuses and nvJPEG need not); headers the marker walk cannot follow; and whatever
-torchvision raises on (corrupt data, CMYK, JPEG variants nvJPEG lacks). Errors are therefore
+OpenCV refuses and nvJPEG need not); headers the marker walk cannot follow; CMYK and YCCK JPEG
+(4 components: torchvision's CPU conversion differs from OpenCV's by 1 in most values, and a GPU
+gains nothing on them); and whatever torchvision raises on (corrupt data, JPEG variants nvJPEG
+lacks). Errors are therefore
 always the CPU path's errors, and a request never fails only because the GPU decoder did.
 
 Streams. torchvision decodes on a stream of its own and makes the calling thread's current stream
@@ -52,6 +54,7 @@ from rfpipe.decode import (
     checked_header,
     decode_image,
     exif_orientation,
+    jpeg_components,
 )
 
 __all__ = ["DeviceDecodeDeclined", "check_device_decoder", "decode_for_device", "decode_jpeg_on_device", "orient"]
@@ -147,9 +150,12 @@ def decode_jpeg_on_device(
     if not data.endswith(_EOI):
         raise DeviceDecodeDeclined("the JPEG data does not end with an end-of-image marker")
     try:
+        components = jpeg_components(data)
         orientation = exif_orientation(data) if auto_orient else 1
     except CorruptImageError as error:
         raise DeviceDecodeDeclined(str(error)) from error
+    if components not in (1, 3):  # CMYK / YCCK: converted on the host either way, and each library converts its own way
+        raise DeviceDecodeDeclined(f"a JPEG of {components} colour components")
     decode = _torchvision_decode_jpeg()
     device = _device(device)
     # torch.frombuffer needs a writable buffer (it warns on bytes); the copy costs microseconds.

@@ -22,6 +22,7 @@ from rfpipe.decode import (
     ImageTooLargeError,
     decode_image,
     exif_orientation,
+    jpeg_components,
 )
 from rfpipe.gpu_decode import (
     DeviceDecodeDeclined,
@@ -190,6 +191,20 @@ def test_other_formats_and_declined_jpeg_take_the_cpu_decoder(photo):
     frame = decode_for_device(trailing, "cpu")
     assert isinstance(frame, np.ndarray) and np.array_equal(frame, _cv2(trailing))
     assert isinstance(decode_for_device(_jpeg_with_orientation(photo, 3), "cpu"), torch.Tensor)
+
+
+def test_cmyk_and_grey_jpeg(photo):
+    grey = cv2.imencode(".jpg", cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY))[1].tobytes()
+    assert jpeg_components(grey) == 1
+    frame = decode_jpeg_on_device(grey, "cpu")
+    assert tuple(frame.shape) == photo.shape and _mean_abs_diff(frame.numpy(), _cv2(grey)) < 1.0
+    out = io.BytesIO()
+    Image.fromarray(photo[..., ::-1]).convert("CMYK").save(out, "JPEG", quality=90)
+    cmyk = out.getvalue()
+    assert jpeg_components(cmyk) == 4 and jpeg_components(_jpeg_with_orientation(photo, 1)) == 3
+    with pytest.raises(DeviceDecodeDeclined, match="4 colour components"):
+        decode_jpeg_on_device(cmyk, "cpu")
+    assert np.array_equal(decode_for_device(cmyk, "cpu"), _cv2(cmyk))  # OpenCV's own CMYK conversion
 
 
 def test_device_decoder_check_passes_on_the_cpu():
