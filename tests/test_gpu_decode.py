@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import jpeg_with_orientation
 from PIL import Image
 
 from rfpipe.decode import (
@@ -43,14 +44,6 @@ def photo(photos) -> np.ndarray:
     return photos["coffee"]  # colourful: a channel swap changes it a lot
 
 
-def _jpeg_with_orientation(image: np.ndarray, orientation: int) -> bytes:
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    out = io.BytesIO()
-    Image.fromarray(image[..., ::-1]).save(out, "JPEG", exif=exif, quality=95)
-    return out.getvalue()
-
-
 def _cv2(data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
 
@@ -64,7 +57,7 @@ def _mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_orientation_transform_equals_opencv_exactly(photo, orientation):
-    data = _jpeg_with_orientation(photo, orientation)
+    data = jpeg_with_orientation(photo, orientation)
     assert exif_orientation(data) == orientation
     stored = torch.from_numpy(_cv2(data, IGNORE_ORIENTATION))
     shown = orient(stored, exif_orientation(data))
@@ -77,7 +70,7 @@ def test_no_exif_and_values_outside_1_to_8_mean_1(photo):
     ok, plain = cv2.imencode(".jpg", photo)
     assert exif_orientation(plain.tobytes()) == 1
     for value in (0, 9, 255, 65535):
-        data = _jpeg_with_orientation(photo[:40, :60], value)
+        data = jpeg_with_orientation(photo[:40, :60], value)
         assert exif_orientation(data) == 1
         assert _cv2(data).shape == (40, 60, 3)  # OpenCV ignores them too
 
@@ -147,7 +140,7 @@ def test_orientation_reader_agrees_with_opencv_on_malformed_exif():
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_cpu_device_decode_has_opencvs_geometry_and_is_bgr(photo, orientation):
-    data = _jpeg_with_orientation(photo, orientation)
+    data = jpeg_with_orientation(photo, orientation)
     expected = _cv2(data)
     frame = decode_jpeg_on_device(data, "cpu")
     assert frame.dtype == torch.uint8 and frame.device.type == "cpu"
@@ -159,13 +152,13 @@ def test_cpu_device_decode_has_opencvs_geometry_and_is_bgr(photo, orientation):
 
 
 def test_swapped_channels_would_be_caught(photo):
-    data = _jpeg_with_orientation(photo, 1)
+    data = jpeg_with_orientation(photo, 1)
     frame = decode_jpeg_on_device(data, "cpu").numpy()
     assert _mean_abs_diff(frame[..., ::-1], _cv2(data)) > 20 * max(_mean_abs_diff(frame, _cv2(data)), 0.5)
 
 
 def test_pixel_limit_and_bad_bytes(photo):
-    data = _jpeg_with_orientation(photo, 6)
+    data = jpeg_with_orientation(photo, 6)
     pixels = photo.shape[0] * photo.shape[1]
     assert tuple(decode_jpeg_on_device(data, "cpu", max_pixels=pixels).shape) == (photo.shape[1], photo.shape[0], 3)
     with pytest.raises(ImageTooLargeError):
@@ -187,10 +180,10 @@ def test_other_formats_and_declined_jpeg_take_the_cpu_decoder(photo):
         decode_jpeg_on_device(png, "cpu")
     frame = decode_for_device(png, "cpu")
     assert isinstance(frame, np.ndarray) and np.array_equal(frame, decode_image(png))
-    trailing = _jpeg_with_orientation(photo, 3) + b"camera trailer"  # OpenCV decodes it; not sent to the device
+    trailing = jpeg_with_orientation(photo, 3) + b"camera trailer"  # OpenCV decodes it; not sent to the device
     frame = decode_for_device(trailing, "cpu")
     assert isinstance(frame, np.ndarray) and np.array_equal(frame, _cv2(trailing))
-    assert isinstance(decode_for_device(_jpeg_with_orientation(photo, 3), "cpu"), torch.Tensor)
+    assert isinstance(decode_for_device(jpeg_with_orientation(photo, 3), "cpu"), torch.Tensor)
 
 
 def test_cmyk_and_grey_jpeg(photo):
@@ -201,7 +194,7 @@ def test_cmyk_and_grey_jpeg(photo):
     out = io.BytesIO()
     Image.fromarray(photo[..., ::-1]).convert("CMYK").save(out, "JPEG", quality=90)
     cmyk = out.getvalue()
-    assert jpeg_components(cmyk) == 4 and jpeg_components(_jpeg_with_orientation(photo, 1)) == 3
+    assert jpeg_components(cmyk) == 4 and jpeg_components(jpeg_with_orientation(photo, 1)) == 3
     with pytest.raises(DeviceDecodeDeclined, match="4 colour components"):
         decode_jpeg_on_device(cmyk, "cpu")
     assert np.array_equal(decode_for_device(cmyk, "cpu"), _cv2(cmyk))  # OpenCV's own CMYK conversion
@@ -218,7 +211,7 @@ def test_device_decoder_check_passes_on_the_cpu():
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_cuda_decode_has_opencvs_geometry_and_small_drift(photos, orientation):
     for name, image in photos.items():
-        data = _jpeg_with_orientation(image, orientation)
+        data = jpeg_with_orientation(image, orientation)
         expected = _cv2(data)
         frame = decode_jpeg_on_device(data, "cuda")
         assert frame.is_cuda and frame.dtype == torch.uint8
@@ -231,7 +224,7 @@ def test_cuda_decode_has_opencvs_geometry_and_small_drift(photos, orientation):
 
 @needs_cuda
 def test_cuda_decode_is_complete_for_readers_on_other_threads_and_streams(photos):
-    data = [_jpeg_with_orientation(image, 6) for image in photos.values()]
+    data = [jpeg_with_orientation(image, 6) for image in photos.values()]
     expected = [decode_jpeg_on_device(d, "cuda").cpu() for d in data]
     results: dict[int, torch.Tensor] = {}
 
@@ -253,7 +246,7 @@ def test_cuda_decode_is_complete_for_readers_on_other_threads_and_streams(photos
 
 @needs_cuda
 def test_cuda_bad_bytes_fall_back_to_opencvs_errors(photo):
-    data = _jpeg_with_orientation(photo, 1)
+    data = jpeg_with_orientation(photo, 1)
     for bad in (data[: len(data) // 2], data[:-2]):
         with pytest.raises(CorruptImageError):
             decode_for_device(bad, "cuda")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import logging
 import os
 import pickle
@@ -13,9 +12,8 @@ import zlib
 import cv2
 import numpy as np
 import pytest
-from conftest import make_config
+from conftest import jpeg_with_orientation, make_config
 from fastapi.testclient import TestClient
-from PIL import Image
 from server_support import FakeDetector
 
 import rfpipe
@@ -131,11 +129,7 @@ def test_preprocessing_overrides_reach_the_detector(client, detector, frames):
 
 def test_auto_orient_follows_exif_unless_disabled(client, detector, frames):
     frame = frames["chelsea"]
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    out = io.BytesIO()
-    Image.fromarray(frame[..., ::-1]).save(out, "JPEG", exif=exif, quality=95)
-    data = out.getvalue()
+    data = jpeg_with_orientation(frame, 6)
     upright = client.post("/infer/object_detection", json=body(data)).json()
     raw = client.post("/infer/object_detection", json=body(data, disable_preproc_auto_orient=True)).json()
     assert upright["image"] == {"width": frame.shape[0], "height": frame.shape[1]}
@@ -335,14 +329,6 @@ def gpu_decode_client(detector):
         yield c
 
 
-def _jpeg(frame: np.ndarray, orientation: int) -> bytes:
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    out = io.BytesIO()
-    Image.fromarray(frame[..., ::-1]).save(out, "JPEG", exif=exif, quality=95)
-    return out.getvalue()
-
-
 def _decodes(client, decoder: str, fmt: str) -> float:
     prefix = f'rfpipe_decodes_total{{decoder="{decoder}",format="{fmt}"}} '
     lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith(prefix)]
@@ -352,7 +338,7 @@ def _decodes(client, decoder: str, fmt: str) -> float:
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_gpu_decode_answers_jpeg_from_the_device_decoders_frame_with_exif_geometry(gpu_decode_client, detector, frames):
     frame = frames["chelsea"]
-    data = _jpeg(frame, 6)
+    data = jpeg_with_orientation(frame, 6)
     before = _decodes(gpu_decode_client, "torchvision", "jpeg")
     r = gpu_decode_client.post("/infer/object_detection", json=body(data, confidence=0.1, visualize_predictions=True))
     assert r.status_code == 200, r.text
@@ -379,7 +365,7 @@ def test_gpu_decode_leaves_other_formats_to_opencv(gpu_decode_client, detector, 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_gpu_decode_refuses_bad_jpeg_as_opencv_does(gpu_decode_client, client, frames):
-    data = _jpeg(frames["coffee"], 1)
+    data = jpeg_with_orientation(frames["coffee"], 1)
     zeroed = bytearray(data)
     zeroed[400:-2] = bytes(len(data) - 402)  # still ends with its end-of-image marker: torchvision tries it
     before = _decodes(gpu_decode_client, "opencv", "jpeg") + _decodes(gpu_decode_client, "torchvision", "jpeg")
