@@ -7,6 +7,7 @@ as on CUDA; the nvJPEG tests at the end need a GPU.
 from __future__ import annotations
 
 import io
+import os
 import random
 import struct
 import threading
@@ -15,9 +16,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import jpeg_with_orientation
+from conftest import jpeg_with_orientation, make_config
 from PIL import Image
 
+import rfpipe
 from rfpipe.decode import (
     CorruptImageError,
     ImageTooLargeError,
@@ -34,7 +36,8 @@ from rfpipe.gpu_decode import (
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:torchvision")  # torchvision 0.29 points to TorchCodec
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_cuda = pytest.mark.skipif(  # as tests/test_cuda_gpu.py: compiled Triton kernels, not the interpreter
+    not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1", reason="needs a CUDA GPU")
 
 IGNORE_ORIENTATION = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 
@@ -251,3 +254,17 @@ def test_cuda_bad_bytes_fall_back_to_opencvs_errors(photo):
         with pytest.raises(CorruptImageError):
             decode_for_device(bad, "cuda")
     check_device_decoder("cuda")
+
+
+@needs_cuda
+def test_cuda_preprocessing_of_decoded_frames_is_exact_from_their_pixels(photos):
+    # Exactness after the decode: a batch mixing GPU-decoded views (rotated: transposed strides) and
+    # host frames preprocesses to the reference's tensor of the same pixels.
+    config = make_config(mode="letterbox", size=(448, 448), dataset=(640, 480), padding_value=114)
+    decoded = [decode_jpeg_on_device(jpeg_with_orientation(image, o), "cuda")
+               for image, o in zip(photos.values(), (1, 6, 3, 8, 5, 2), strict=True)]
+    mixed = [*decoded, photos["coffee"]]
+    batch, _ = rfpipe.preprocess(mixed, config, device="cuda", implementation="cuda")
+    expected, _ = rfpipe.preprocess([f.cpu().numpy() for f in decoded] + [photos["coffee"]], config,
+                                    implementation="reference")
+    assert torch.equal(batch.cpu(), expected)

@@ -353,6 +353,7 @@ def test_gpu_decode_answers_jpeg_from_the_device_decoders_frame_with_exif_geomet
     assert _decodes(gpu_decode_client, "torchvision", "jpeg") == before + 2
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_gpu_decode_leaves_other_formats_to_opencv(gpu_decode_client, detector, frames):
     frame = frames["rocket"]
     before = _decodes(gpu_decode_client, "opencv", "png"), _decodes(gpu_decode_client, "torchvision", "jpeg")
@@ -361,6 +362,13 @@ def test_gpu_decode_leaves_other_formats_to_opencv(gpu_decode_client, detector, 
     assert strip_ids(r.json()["predictions"]) == expected(detector, frame, 0.1)
     after = _decodes(gpu_decode_client, "opencv", "png"), _decodes(gpu_decode_client, "torchvision", "jpeg")
     assert after == (before[0] + 1, before[1])
+    jpeg = jpeg_with_orientation(frames["coffee"], 8)  # one request, one image of each decoder
+    r = gpu_decode_client.post("/infer/object_detection", json=body(encode(frame), jpeg, confidence=0.1))
+    assert r.status_code == 200, r.text
+    png_answer, jpeg_answer = r.json()
+    assert strip_ids(png_answer["predictions"]) == expected(detector, frame, 0.1)
+    assert strip_ids(jpeg_answer["predictions"]) == expected(detector, decode_jpeg_on_device(jpeg, "cpu").numpy(), 0.1)
+    assert jpeg_answer["image"] == {"width": frames["coffee"].shape[0], "height": frames["coffee"].shape[1]}
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
