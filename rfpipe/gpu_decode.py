@@ -132,7 +132,7 @@ def decode_jpeg_on_device(
     auto_orient: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> torch.Tensor:
-    """Decode JPEG bytes on `device` to a BGR uint8 HWC tensor (a strided view) with OpenCV's geometry.
+    """Decode JPEG bytes on `device` to a BGR uint8 HWC tensor with OpenCV's geometry (rotations are transposed views).
 
     The header is checked against `max_pixels` first, as `decode_image` checks it (DecodeError).
     Raises DeviceDecodeDeclined for bytes the device decoder does not take (see the module
