@@ -3,6 +3,7 @@
     rfpipe predict MODEL IMAGES_OR_DIRS... [--out DIR] [--json] [--confidence 0.4] [--device cuda]
     rfpipe bench MODEL [--images DIR] [--batch 1,4,8] [--implementations reference,cpu]
     rfpipe parity MODEL --images DIR --a reference --b torchvision [--annotations coco.json]
+    rfpipe parity MODEL --images DIR --a cuda --b cuda+gpu-decode   # what serve --gpu-decode changes
     rfpipe export CHECKPOINT OUT_DIR
     rfpipe serve ...
 """
@@ -110,11 +111,10 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _parity(args: argparse.Namespace) -> int:
     from rfpipe import parity
-    from rfpipe.predict import read_image
 
     side_a, side_b = parity.make_sides(args.model, args.a, args.b, args.device, args.backend, args.implementation,
                                        **_backend_options(args))
-    report = parity.run_parity(side_a, side_b, _sample_or_folder(args.images), read_image, args.confidence,
+    report = parity.run_parity(side_a, side_b, _sample_or_folder(args.images), args.confidence,
                                args.annotations, progress=not args.quiet)
     print(parity.format_report(report))
     if args.out is not None:
@@ -159,10 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quiet", action="store_true")
     bench.set_defaults(run=_bench)
 
-    parity = commands.add_parser("parity", help="compare two preprocessing implementations or two backends")
+    parity = commands.add_parser("parity", help="compare two preprocessing implementations, backends or decoders")
     _model_arguments(parity)
     parity.add_argument("--images", type=Path, help="folder of images (default: the bundled samples)")
-    parity.add_argument("--a", required=True, help="reference|cpu|cuda|torchvision, or a backend name")
+    parity.add_argument("--a", required=True,
+                        help="reference|cpu|cuda|torchvision, or a backend name; '+gpu-decode' (e.g. cuda+gpu-decode) "
+                             "decodes JPEG as 'rfpipe serve --gpu-decode' does (torchvision on --device), "
+                             "'+opencv' (the default) with OpenCV")
     parity.add_argument("--b", required=True, help="as --a")
     parity.add_argument("--implementation", default="auto", help="preprocessing for backend-vs-backend runs")
     parity.add_argument("--annotations", type=Path, help="COCO json with ground truth (default: A's detections)")

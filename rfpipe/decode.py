@@ -6,11 +6,14 @@ reference pipeline sees. Before any pixel is decoded, the image's declared size 
 header and checked against a pixel limit: a few kilobytes of PNG or JPEG can declare gigapixels
 (decompression bombs). Only JPEG, PNG, BMP, WebP and TIFF are accepted; for each of them the size
 is read by a small parser below, so no format reaches the decoder without passing the limit.
+`exif_orientation` reads a JPEG's orientation as OpenCV reads it, for decoders that must apply it
+themselves (`rfpipe.gpu_decode`).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import cv2
@@ -25,7 +28,10 @@ __all__ = [
     "ImageHeader",
     "ImageTooLargeError",
     "UnsupportedFormatError",
+    "checked_header",
     "decode_image",
+    "exif_orientation",
+    "jpeg_components",
     "read_header",
 ]
 
@@ -71,7 +77,10 @@ _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xC
 _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RSTn: markers without a length field
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int]:
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(marker, payload start, payload length) of each marker segment after SOI, up to and
+    including the first start of scan or end of image (yielded with length 0); ends early where the
+    data ends. Raises CorruptImageError where the data is not a marker sequence."""
     pos, n = 2, len(data)
     while pos + 1 < n:
         if data[pos] != 0xFF:
@@ -83,20 +92,46 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
         if marker in _JPEG_STANDALONE:
             pos += 2
             continue
-        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
-            raise CorruptImageError("corrupt JPEG data: no frame header before the image data")
+        if marker in (0xD9, 0xDA):  # end of image / start of scan: the headers end here
+            yield marker, pos + 2, 0
+            return
         if pos + 4 > n:
-            break
+            return
         (length,) = struct.unpack_from(">H", data, pos + 2)
         if length < 2:
             raise CorruptImageError(f"corrupt JPEG data: segment length {length} at byte {pos}")
-        if marker in _JPEG_SOF:
-            if pos + 9 > n:
-                break
-            height, width = struct.unpack_from(">HH", data, pos + 5)
-            return width, height
+        yield marker, pos + 4, length - 2
         pos += 2 + length
+
+
+def _jpeg_frame_header(data: bytes) -> int:
+    """Where the frame header's fields start: precision (1 byte), height, width (2 each), components."""
+    for marker, start, _ in _jpeg_segments(data):
+        if marker in (0xD9, 0xDA):
+            raise CorruptImageError("corrupt JPEG data: no frame header before the image data")
+        if marker in _JPEG_SOF:
+            if start + 5 > len(data):
+                break
+            return start
     raise _truncated("jpeg", "frame header")
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    height, width = struct.unpack_from(">HH", data, _jpeg_frame_header(data) + 1)
+    return width, height
+
+
+def jpeg_components(data: bytes | bytearray | memoryview) -> int:
+    """Colour components a JPEG's frame header declares: 1 (grey), 3 (YCbCr or RGB), 4 (CMYK or YCCK).
+
+    >>> jpeg_components(open("photo.jpg", "rb").read())  # doctest: +SKIP
+    3
+    """
+    data = bytes(data)
+    at = _jpeg_frame_header(data) + 5
+    if at >= len(data):
+        raise _truncated("jpeg", "frame header")
+    return data[at]
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -219,6 +254,77 @@ def _check_size(header: ImageHeader, max_pixels: int) -> None:
         )
 
 
+def checked_header(data: bytes | bytearray | memoryview, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHeader:
+    """`read_header`, then the pixel limit: what every decoder checks before decoding a pixel.
+
+    >>> checked_header(open("photo.jpg", "rb").read(), max_pixels=40_000_000)  # doctest: +SKIP
+    ImageHeader(format='jpeg', width=1920, height=1080)
+    """
+    header = read_header(data)
+    _check_size(header, max_pixels)
+    return header
+
+
+# OpenCV's EXIF reader (imgcodecs exif.cpp) also reads these IFD0 tags, and a value that lies
+# outside the EXIF block aborts its parse: an Orientation entry after such a tag is never seen.
+_EXIF_ORIENTATION = 0x0112
+_EXIF_SHORT_TAGS = frozenset({0x0128, 0x0213})  # resolution unit, YCbCr positioning: a SHORT in the entry
+_EXIF_STRING_TAGS = frozenset({0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x8298})  # description .. copyright
+_EXIF_RATIONAL_TAGS = {0x011A: 1, 0x011B: 1, 0x013E: 2, 0x013F: 6, 0x0211: 3, 0x0214: 6}  # tag: rationals read
+_JPEG_APP1 = 0xE1
+_EXIF_HEADER_BYTES = 6  # "Exif\0\0", skipped unread
+
+
+def exif_orientation(data: bytes | bytearray | memoryview) -> int:
+    """The EXIF orientation (1..8) that OpenCV's `imdecode` applies to these JPEG bytes; 1 if none.
+
+    Read the way OpenCV 4 reads it (checked against the installed cv2 in tests/test_gpu_decode.py):
+    the first APP1 segment before the scan, whatever its identifier, is a TIFF block after its
+    first 6 bytes; the block is little-endian when it starts with `II`, else big-endian; the first
+    Orientation entry of IFD0 is a 16-bit value at byte 8 of the entry, whatever type it declares.
+    Values outside 1..8, a block that ends before the entry, or a tag OpenCV reads whose value lies
+    outside the block (before the Orientation entry) all mean 1. Raises CorruptImageError where the
+    headers are not a JPEG marker sequence.
+
+    >>> exif_orientation(open("phone_photo.jpg", "rb").read())  # doctest: +SKIP
+    6
+    """
+    data = bytes(data)
+    for marker, start, length in _jpeg_segments(data):
+        if marker == _JPEG_APP1:
+            return _tiff_orientation(data[start + _EXIF_HEADER_BYTES : start + length])
+    return 1
+
+
+def _tiff_orientation(block: bytes) -> int:
+    order = "<" if block[:2] == b"II" else ">"
+
+    def read(fmt: str, at: int) -> int:  # struct.error past the end of the block
+        return struct.unpack_from(order + fmt, block, at)[0]
+
+    try:
+        if read("H", 2) != 42:
+            return 1
+        ifd = read("I", 4)
+        for entry in range(ifd + 2, ifd + 2 + 12 * read("H", ifd), 12):
+            tag = read("H", entry)
+            if tag == _EXIF_ORIENTATION:
+                value = read("H", entry + 8)
+                return value if 1 <= value <= 8 else 1
+            if tag in _EXIF_SHORT_TAGS:
+                read("H", entry + 8)
+            elif tag in _EXIF_STRING_TAGS:
+                size = read("I", entry + 4)
+                at = 8 if size <= 4 else read("I", entry + 8)  # OpenCV's offset for short strings: 8 from the block start
+                if at + size > len(block):
+                    return 1
+            elif tag in _EXIF_RATIONAL_TAGS:
+                read("I", read("I", entry + 8) + 8 * _EXIF_RATIONAL_TAGS[tag] - 4)
+    except struct.error:
+        return 1
+    return 1
+
+
 def decode_image(
     data: bytes | bytearray | memoryview, auto_orient: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
@@ -231,8 +337,7 @@ def decode_image(
     >>> frame.shape, frame.dtype  # doctest: +SKIP
     ((1080, 1920, 3), dtype('uint8'))
     """
-    header = read_header(data)
-    _check_size(header, max_pixels)
+    header = checked_header(data, max_pixels)
     flags = cv2.IMREAD_COLOR if auto_orient else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
     try:
         frame = cv2.imdecode(np.frombuffer(data, np.uint8), flags)

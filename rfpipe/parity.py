@@ -1,12 +1,18 @@
-"""`rfpipe parity`: compare two preprocessing implementations, or two backends, over a folder of images.
+"""`rfpipe parity`: compare two preprocessing implementations, two backends, or two decoders, over a folder of images.
 
 A side is an implementation ('reference', 'cpu', 'cuda', or 'torchvision': the seed PR's tensor path,
 torchvision's antialiased float resize, not exact, kept as a comparator; it has float-tensor
-stretch semantics) or a backend ('onnx', 'torch', 'tensorrt'). Reported: (1) network tensors:
-bit-identical share, max |diff|, share of differing elements; (2) detections: class-aware greedy
-matching at IoU > 0.5: match rate, mean/min IoU, max |confidence delta|, detections that cross the
-threshold; (3) COCO mAP@[.5:.95] and mAP@.5 of side B, against given COCO annotations or, without
-them, against side A's detections as pseudo ground truth.
+stretch semantics) or a backend ('onnx', 'torch', 'tensorrt'), optionally followed by a decoder:
+'+opencv' (the default: rfpipe.decode, the reference's own decode) or '+gpu-decode' (what
+`rfpipe serve --gpu-decode` does: JPEG decoded by torchvision on the parity device, nvJPEG on
+CUDA, torchvision's libjpeg-turbo on the CPU; other formats and declined JPEG by OpenCV on both
+sides). `--a cuda --b cuda+gpu-decode` measures what --gpu-decode costs in exactness.
+Each side decodes the file's bytes itself. Reported: (0) decoded frames: images decoded by
+torchvision, identical frames, share of differing pixel values, max and mean |diff|; (1) network
+tensors: bit-identical share, max |diff|, share of differing elements; (2) detections: class-aware
+greedy matching at IoU > 0.5: match rate, mean/min IoU, max |confidence delta|, detections that
+cross the threshold; (3) COCO mAP@[.5:.95] and mAP@.5 of side B, against given COCO annotations
+or, without them, against side A's detections as pseudo ground truth.
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ import torch
 from rfpipe.backends import BACKENDS
 from rfpipe.detections import Detections
 from rfpipe.detector import Detector
+from rfpipe.predict import read_image
 from rfpipe.preprocess import IMPLEMENTATIONS
 
 IMPLEMENTATION_SIDES = (*IMPLEMENTATIONS, "torchvision")
+DECODERS = ("opencv", "gpu-decode")
 MATCH_IOU = 0.5
 
 
@@ -35,22 +43,36 @@ class Side:
     name: str
     detector: Detector
     implementation: str  # an rfpipe implementation, or "torchvision"
+    decoder: str = "opencv"  # one of DECODERS
 
-    def preprocess(self, image: np.ndarray):
+    def read(self, path: Path) -> np.ndarray | torch.Tensor:
+        """The frame of an image file, decoded by this side's decoder."""
+        return read_image(path, self.detector.device if self.decoder == "gpu-decode" else None)
+
+    def preprocess(self, image: np.ndarray | torch.Tensor):
         if self.implementation == "torchvision":
             # The seed PR's path: uint8 frame -> float CHW on the device -> antialiased tensor resize.
-            tensor = torch.from_numpy(np.ascontiguousarray(image)).to(self.detector.device)
-            tensor = tensor.permute(2, 0, 1).float().div(255)
+            tensor = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image))
+            tensor = tensor.to(self.detector.device).permute(2, 0, 1).float().div(255)
             return self.detector.preprocess(tensor, implementation="reference")
         return self.detector.preprocess(image, implementation=self.implementation)
 
 
+def _split_spec(spec: str) -> tuple[str, str]:
+    """'cuda+gpu-decode' -> ('cuda', 'gpu-decode'); no decoder means 'opencv'."""
+    base, _, decoder = spec.partition("+")
+    if base not in IMPLEMENTATION_SIDES and base not in BACKENDS:
+        raise ValueError(f"unknown side {spec!r} (implementations: {list(IMPLEMENTATION_SIDES)}, "
+                         f"backends: {list(BACKENDS)}, each optionally +decoder: {list(DECODERS)})")
+    if decoder and decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r} in side {spec!r} (decoders: {list(DECODERS)})")
+    return base, decoder or "opencv"
+
+
 def make_sides(model: str | Path, a: str, b: str, device: str, backend: str, implementation: str,
                **options) -> tuple[Side, Side]:
-    """Two sides from names; detectors are shared where both sides use the same backend."""
-    for spec in (a, b):
-        if spec not in IMPLEMENTATION_SIDES and spec not in BACKENDS:
-            raise ValueError(f"unknown side {spec!r} (implementations: {list(IMPLEMENTATION_SIDES)}, backends: {list(BACKENDS)})")
+    """Two sides from names ('cuda', 'onnx', 'cuda+gpu-decode', ...); detectors are shared where both sides use the same backend."""
+    specs = [_split_spec(spec) for spec in (a, b)]
     loaded: dict[str, Detector] = {}
 
     def detector(backend_name: str) -> Detector:
@@ -58,12 +80,12 @@ def make_sides(model: str | Path, a: str, b: str, device: str, backend: str, imp
             loaded[backend_name] = Detector.load(model, device=device, backend=backend_name, **options)
         return loaded[backend_name]
 
-    def side(spec: str) -> Side:
-        if spec in BACKENDS:
-            return Side(spec, detector(spec), implementation)
-        return Side(spec, detector(backend), spec)
+    def side(spec: str, base: str, decoder: str) -> Side:
+        if base in BACKENDS:
+            return Side(spec, detector(base), implementation, decoder)
+        return Side(spec, detector(backend), base, decoder)
 
-    return side(a), side(b)
+    return side(a, *specs[0]), side(b, *specs[1])
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -162,21 +184,63 @@ def load_coco_annotations(path: Path, class_names: tuple[str, ...]) -> tuple[dic
     return files, category_to_class
 
 
-def run_parity(side_a: Side, side_b: Side, images: list[Path], read_image, confidence: float = 0.4,
+class FrameDrift:
+    """Pixel differences of the two sides' decoded frames, summed over images."""
+
+    def __init__(self, side_a: Side, side_b: Side):
+        self.decoders = [side_a.decoder, side_b.decoder]
+        self.device = str(side_b.detector.device)
+        self.images = self.identical = self.values = self.differing = self.shape_mismatch = 0
+        self.max_abs_diff = self.abs_diff_sum = 0
+        self.on_device = [0, 0]  # images each side decoded with torchvision
+
+    def add(self, frame_a: np.ndarray | torch.Tensor, frame_b: np.ndarray | torch.Tensor) -> dict[str, Any]:
+        """Count one image's frames; returns its own numbers (for the per-image rows)."""
+        self.images += 1
+        frames = []
+        for i, frame in enumerate((frame_a, frame_b)):
+            if isinstance(frame, torch.Tensor):
+                self.on_device[i] += 1
+                frame = frame.cpu().numpy()
+            frames.append(frame)
+        if frames[0].shape != frames[1].shape:
+            self.shape_mismatch += 1
+            return {"frame_shape_mismatch": True}
+        diff = np.abs(frames[0].astype(np.int16) - frames[1].astype(np.int16))
+        differing, largest = int(np.count_nonzero(diff)), int(diff.max())
+        self.identical += differing == 0
+        self.values += diff.size
+        self.differing += differing
+        self.max_abs_diff = max(self.max_abs_diff, largest)
+        self.abs_diff_sum += int(diff.sum(dtype=np.int64))
+        return {"frame_differing_values": differing, "frame_max_abs_diff": largest}
+
+    def report(self) -> dict[str, Any]:
+        return {"decoders": self.decoders, "device": self.device, "images": self.images,
+                "decoded_by_torchvision": self.on_device, "identical": self.identical, "values": self.values,
+                "differing": self.differing, "differing_share": self.differing / max(1, self.values),
+                "max_abs_diff": self.max_abs_diff, "mean_abs_diff": self.abs_diff_sum / max(1, self.values),
+                "shape_mismatch": self.shape_mismatch}
+
+
+def run_parity(side_a: Side, side_b: Side, images: list[Path], confidence: float = 0.4,
                annotations: Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """The three comparisons over `images`; returns the report dict (printed by `format_report`)."""
+    """The comparisons over `images`; returns the report dict (printed by `format_report`)."""
     from tqdm import tqdm
 
     gt_files = None
     if annotations is not None:
         gt_files, _ = load_coco_annotations(annotations, side_a.detector.class_names)
+    frames = FrameDrift(side_a, side_b)
     tensors = {"batches": 0, "identical": 0, "elements": 0, "differing": 0, "max_abs_diff": 0.0, "shape_mismatch": 0}
     per_image, ground_truth, predictions = [], [], []
     for image_id, path in enumerate(tqdm(images, desc="parity", unit="image", disable=not progress), start=1):
-        frame = read_image(path)
+        decoded = [side.read(path) for side in (side_a, side_b)]
+        frame_stats = frames.add(*decoded)
+        frame = decoded[0]
         results = []
-        for side in (side_a, side_b):
-            batch, meta = side.preprocess(frame)
+        for side, image in zip((side_a, side_b), decoded, strict=True):
+            batch, meta = side.preprocess(image)
             logits, boxes = side.detector.forward(batch)
             results.append((batch.cpu(), side.detector.postprocess(logits, boxes, meta, confidence)[0],
                             side.detector.postprocess(logits, boxes, meta, 0.0)[0]))
@@ -191,7 +255,7 @@ def run_parity(side_a: Side, side_b: Side, images: list[Path], read_image, confi
             tensors["differing"] += differing
             tensors["max_abs_diff"] = max(tensors["max_abs_diff"], float((ta - tb).abs().max()))
         stats = compare_detections(da, db, da_all, db_all)
-        per_image.append({"image": path.name, **stats})
+        per_image.append({"image": path.name, **frame_stats, **stats})
         if gt_files is not None:
             if path.name not in gt_files:
                 continue
@@ -222,18 +286,29 @@ def run_parity(side_a: Side, side_b: Side, images: list[Path], read_image, confi
     return {
         "a": side_a.name, "b": side_b.name, "images": len(images), "confidence": confidence,
         "ground_truth": str(annotations) if annotations else f"side A ({side_a.name}) detections",
-        "tensors": tensors, "detections": detections, "map": mean_ap, "per_image": per_image,
+        "frames": frames.report(), "tensors": tensors, "detections": detections, "map": mean_ap, "per_image": per_image,
     }
 
 
+def _decoded_by(f: dict[str, Any], side: int) -> str:
+    if f["decoders"][side] == "opencv":
+        return "OpenCV"
+    return (f"torchvision on {f['device']} {f['decoded_by_torchvision'][side]}/{f['images']}, "
+            "the rest (not JPEG, or declined) OpenCV")
+
+
 def format_report(report: dict[str, Any]) -> str:
-    t, d, m = report["tensors"], report["detections"], report["map"]
+    f, t, d, m = report["frames"], report["tensors"], report["detections"], report["map"]
 
     def num(v, fmt=".4f"):
         return "n/a" if v is None else format(v, fmt)
 
     return "\n".join([
         f"parity: A={report['a']}  B={report['b']}  images={report['images']}  confidence>{report['confidence']}",
+        f"  frames      decoded by A: {_decoded_by(f, 0)}; B: {_decoded_by(f, 1)}",
+        f"              identical {f['identical']}/{f['images']}  differing values {f['differing_share']:.4%}  "
+        f"max|diff| {f['max_abs_diff']}  mean|diff| {f['mean_abs_diff']:.4g}"
+        + (f"  shape mismatches {f['shape_mismatch']}" if f["shape_mismatch"] else ""),
         f"  tensors     bit-identical {t['identical']}/{t['batches']}  max|diff| {t['max_abs_diff']:.6g}  "
         f"differing elements {t['differing_share']:.4%}" + (f"  shape mismatches {t['shape_mismatch']}" if t["shape_mismatch"] else ""),
         f"  detections  A {d['a']}  B {d['b']}  matched {d['matched']}  match rate {d['match_rate']:.4f}  "

@@ -17,10 +17,12 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
 from rfpipe.decode import OPENCV_MAX_PIXELS, DecodeError, decode_image
 from rfpipe.detections import Detections
 from rfpipe.detector import Detector
+from rfpipe.gpu_decode import decode_for_device
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -41,10 +43,17 @@ def find_inputs(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def read_image(path: Path) -> np.ndarray:
-    """BGR uint8 frame decoded as the server decodes it (rfpipe.decode: OpenCV, colour, EXIF orientation)."""
+def read_image(path: Path, gpu_decode_device: str | torch.device | None = None) -> np.ndarray | torch.Tensor:
+    """BGR uint8 frame decoded as the server decodes it (rfpipe.decode: OpenCV, colour, EXIF orientation).
+
+    With `gpu_decode_device`, decoded as `rfpipe serve --gpu-decode` decodes it: JPEG by torchvision
+    into a tensor on that device (not bit-exact), other formats by OpenCV (rfpipe.gpu_decode).
+    """
+    data = Path(path).read_bytes()
     try:
-        return decode_image(Path(path).read_bytes(), max_pixels=OPENCV_MAX_PIXELS)
+        if gpu_decode_device is not None:
+            return decode_for_device(data, gpu_decode_device, max_pixels=OPENCV_MAX_PIXELS)
+        return decode_image(data, max_pixels=OPENCV_MAX_PIXELS)
     except DecodeError as error:
         raise ValueError(f"{path}: cannot decode this file as an image ({error})") from error
 

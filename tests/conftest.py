@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import os
 import sys
 
@@ -89,6 +90,17 @@ def random_image(rng: np.random.Generator, width: int, height: int) -> np.ndarra
     base = np.stack([xx * 255 // max(width, 1), yy * 255 // max(height, 1), (xx + yy) * 127 // max(width + height, 1)], -1)
     noise = rng.integers(-40, 41, (height, width, 3))
     return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def jpeg_with_orientation(image: np.ndarray, orientation: int) -> bytes:
+    """A BGR image as JPEG (Pillow, quality 95) whose EXIF orientation tag is `orientation`."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image[..., ::-1])).save(out, "JPEG", exif=exif, quality=95)
+    return out.getvalue()
 
 
 def assert_metadata_equal(ours, theirs) -> None:

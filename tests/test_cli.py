@@ -7,6 +7,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 from model_packages import packages  # noqa: F401  (session fixture)
 
 import rfpipe
@@ -95,6 +96,8 @@ def test_parity_of_identical_sides_is_perfect_and_torchvision_is_not(packages, i
     assert main(["parity", str(packages["stretch"]), "--images", str(images), "--a", "reference", "--b", "cpu",
                  "--device", "cpu", "--confidence", "0.3", "--out", str(out), "--quiet"]) == 0
     report = json.loads((out / "parity.json").read_text())
+    assert report["frames"]["decoders"] == ["opencv", "opencv"] and report["frames"]["identical"] == 2
+    assert report["frames"]["differing"] == 0 and report["frames"]["values"] == 2 * 240 * 320 * 3
     assert report["tensors"]["identical"] == 2 and report["tensors"]["max_abs_diff"] == 0
     assert report["detections"]["match_rate"] == 1.0 and report["detections"]["crossed_threshold"] == 0
     assert report["map"]["map_50_95"] == pytest.approx(1.0)
@@ -105,6 +108,53 @@ def test_parity_of_identical_sides_is_perfect_and_torchvision_is_not(packages, i
     report = json.loads((out / "parity.json").read_text())
     assert report["tensors"]["identical"] == 0 and report["tensors"]["max_abs_diff"] > 0
     assert "mAP@[.5:.95]" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_parity_of_decoders_on_the_bundled_samples(packages, tmp_path, capsys):  # noqa: F811
+    pytest.importorskip("pycocotools")
+    pytest.importorskip("matplotlib")
+    from rfpipe.samples import sample_paths
+
+    jpegs = sum(p.suffix == ".jpg" for p in sample_paths())
+    assert 0 < jpegs < len(sample_paths())  # both kinds, so the non-JPEG route is exercised too
+    out = tmp_path / "decoders"
+    assert main(["parity", str(packages["stretch"]), "--a", "cpu", "--b", "cpu+gpu-decode", "--device", "cpu",
+                 "--confidence", "0.3", "--out", str(out), "--quiet"]) == 0
+    frames = json.loads((out / "parity.json").read_text())["frames"]
+    assert frames["decoders"] == ["opencv", "gpu-decode"] and frames["device"] == "cpu"
+    assert frames["images"] == len(sample_paths()) and frames["decoded_by_torchvision"] == [0, jpegs]
+    assert frames["shape_mismatch"] == 0 and frames["max_abs_diff"] <= 8  # torchvision's libjpeg-turbo on the CPU
+    assert f"B: torchvision on cpu {jpegs}/{len(sample_paths())}, the rest (not JPEG, or declined) OpenCV" in \
+        capsys.readouterr().out
+
+    assert main(["parity", str(packages["stretch"]), "--a", "reference+gpu-decode", "--b", "cpu+gpu-decode",
+                 "--device", "cpu", "--confidence", "0.3", "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "parity.json").read_text())
+    assert report["frames"]["decoded_by_torchvision"] == [jpegs, jpegs]
+    assert report["frames"]["identical"] == len(sample_paths()) and report["frames"]["max_abs_diff"] == 0
+    assert report["tensors"]["identical"] == len(sample_paths())
+    assert main(["parity", str(packages["stretch"]), "--a", "cpu", "--b", "cpu+nvjpg", "--device", "cpu"]) == 2
+    assert "unknown decoder 'nvjpg'" in capsys.readouterr().err
+
+
+def test_frame_drift_counts_differences():
+    from types import SimpleNamespace
+
+    from rfpipe.parity import FrameDrift
+
+    side = SimpleNamespace(decoder="opencv", detector=SimpleNamespace(device="cpu"))
+    drift = FrameDrift(side, side)
+    frame = np.zeros((4, 5, 3), np.uint8)
+    other = frame.copy()
+    other[1, 2] = (0, 3, 250)
+    assert drift.add(frame, frame) == {"frame_differing_values": 0, "frame_max_abs_diff": 0}
+    assert drift.add(frame, torch.from_numpy(other)) == {"frame_differing_values": 2, "frame_max_abs_diff": 250}
+    assert drift.add(frame, frame[:, :4]) == {"frame_shape_mismatch": True}
+    report = drift.report()
+    assert (report["images"], report["identical"], report["differing"], report["max_abs_diff"]) == (3, 1, 2, 250)
+    assert report["decoded_by_torchvision"] == [0, 1] and report["shape_mismatch"] == 1
+    assert report["mean_abs_diff"] == pytest.approx(253 / 120)
 
 
 def test_parity_against_coco_annotations(packages, images, tmp_path):  # noqa: F811

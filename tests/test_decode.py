@@ -8,6 +8,7 @@ import struct
 import cv2
 import numpy as np
 import pytest
+from conftest import jpeg_with_orientation
 from PIL import Image
 
 from rfpipe.decode import (
@@ -88,14 +89,8 @@ def test_os2_bmp_header_is_read():
     assert read_header(data)[1:] == (640, 480)
 
 
-def _jpeg_with_orientation(image: np.ndarray, orientation: int) -> bytes:
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    return _pillow_encoded(image, "JPEG", exif=exif, quality=95)
-
-
 def test_exif_orientation_is_applied_unless_disabled(photo):
-    data = _jpeg_with_orientation(photo, 6)  # 6: rotate 90 degrees clockwise to display
+    data = jpeg_with_orientation(photo, 6)  # 6: rotate 90 degrees clockwise to display
     upright = decode_image(data)
     raw = decode_image(data, auto_orient=False)
     assert raw.shape == photo.shape

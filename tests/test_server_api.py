@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import logging
 import os
 import pickle
@@ -13,12 +12,12 @@ import zlib
 import cv2
 import numpy as np
 import pytest
-from conftest import make_config
+from conftest import jpeg_with_orientation, make_config
 from fastapi.testclient import TestClient
-from PIL import Image
 from server_support import FakeDetector
 
 import rfpipe
+from rfpipe.gpu_decode import decode_jpeg_on_device
 from rfpipe.server import ServerSettings, create_app
 
 MODEL = "pets/3"
@@ -130,11 +129,7 @@ def test_preprocessing_overrides_reach_the_detector(client, detector, frames):
 
 def test_auto_orient_follows_exif_unless_disabled(client, detector, frames):
     frame = frames["chelsea"]
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    out = io.BytesIO()
-    Image.fromarray(frame[..., ::-1]).save(out, "JPEG", exif=exif, quality=95)
-    data = out.getvalue()
+    data = jpeg_with_orientation(frame, 6)
     upright = client.post("/infer/object_detection", json=body(data)).json()
     raw = client.post("/infer/object_detection", json=body(data, disable_preproc_auto_orient=True)).json()
     assert upright["image"] == {"width": frame.shape[0], "height": frame.shape[1]}
@@ -290,6 +285,8 @@ def test_metrics_count_requests_errors_stages_and_batches(client):
     for stage in ("decode", "queue", "preprocess", "forward", "postprocess"):
         assert f'rfpipe_stage_duration_seconds_count{{stage="{stage}"}}' in text
     assert "rfpipe_batch_size_bucket" in text and "rfpipe_queue_depth 0.0" in text
+    assert 'rfpipe_decodes_total{decoder="opencv",format="png"}' in text
+    assert 'decoder="torchvision"' not in text  # without --gpu-decode, OpenCV decodes everything
     assert "/nothing/here" not in text  # raw paths never become labels
 
 
@@ -318,3 +315,83 @@ def test_real_faults_are_500_logged_with_the_request_id(frames, caplog):
         assert any(request_id in rec.getMessage() for rec in caplog.records)
         assert c.post("/infer/object_detection", json=body(encode(frames["coffee"]))).status_code == 200
         assert 'error_type="internal_error"' in c.get("/metrics").text
+
+
+# -- --gpu-decode: the device decoder runs on the CPU here (torchvision's libjpeg-turbo), through the
+# server's real code path; tests/test_gpu_decode.py has the nvJPEG tests.
+
+
+@pytest.fixture(scope="module")
+def gpu_decode_client(detector):
+    settings = ServerSettings(model_id=MODEL, max_pixels=2_000_000, max_wait_ms=1.0, gpu_decode=True,
+                              gpu_decode_device="cpu")
+    with TestClient(create_app([detector], settings), raise_server_exceptions=False) as c:
+        yield c
+
+
+def _decodes(client, decoder: str, fmt: str) -> float:
+    prefix = f'rfpipe_decodes_total{{decoder="{decoder}",format="{fmt}"}} '
+    lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith(prefix)]
+    return float(lines[0][len(prefix):]) if lines else 0.0
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_gpu_decode_answers_jpeg_from_the_device_decoders_frame_with_exif_geometry(gpu_decode_client, detector, frames):
+    frame = frames["chelsea"]
+    data = jpeg_with_orientation(frame, 6)
+    before = _decodes(gpu_decode_client, "torchvision", "jpeg")
+    r = gpu_decode_client.post("/infer/object_detection", json=body(data, confidence=0.1, visualize_predictions=True))
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["image"] == {"width": frame.shape[0], "height": frame.shape[1]}
+    decoded = decode_jpeg_on_device(data, "cpu")
+    assert strip_ids(out["predictions"]) == expected(detector, decoded.numpy(), 0.1)
+    picture = cv2.imdecode(np.frombuffer(base64.b64decode(out["visualization"]), np.uint8), cv2.IMREAD_COLOR)
+    assert picture.shape == (frame.shape[1], frame.shape[0], 3)
+    raw = gpu_decode_client.post("/infer/object_detection", json=body(data, disable_preproc_auto_orient=True)).json()
+    assert raw["image"] == {"width": frame.shape[1], "height": frame.shape[0]}
+    assert _decodes(gpu_decode_client, "torchvision", "jpeg") == before + 2
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_gpu_decode_leaves_other_formats_to_opencv(gpu_decode_client, detector, frames):
+    frame = frames["rocket"]
+    before = _decodes(gpu_decode_client, "opencv", "png"), _decodes(gpu_decode_client, "torchvision", "jpeg")
+    r = gpu_decode_client.post("/infer/object_detection", json=body(encode(frame), confidence=0.1))
+    assert r.status_code == 200, r.text
+    assert strip_ids(r.json()["predictions"]) == expected(detector, frame, 0.1)
+    after = _decodes(gpu_decode_client, "opencv", "png"), _decodes(gpu_decode_client, "torchvision", "jpeg")
+    assert after == (before[0] + 1, before[1])
+    jpeg = jpeg_with_orientation(frames["coffee"], 8)  # one request, one image of each decoder
+    r = gpu_decode_client.post("/infer/object_detection", json=body(encode(frame), jpeg, confidence=0.1))
+    assert r.status_code == 200, r.text
+    png_answer, jpeg_answer = r.json()
+    assert strip_ids(png_answer["predictions"]) == expected(detector, frame, 0.1)
+    assert strip_ids(jpeg_answer["predictions"]) == expected(detector, decode_jpeg_on_device(jpeg, "cpu").numpy(), 0.1)
+    assert jpeg_answer["image"] == {"width": frames["coffee"].shape[0], "height": frames["coffee"].shape[1]}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_gpu_decode_refuses_bad_jpeg_as_opencv_does(gpu_decode_client, client, frames):
+    data = jpeg_with_orientation(frames["coffee"], 1)
+    zeroed = bytearray(data)
+    zeroed[400:-2] = bytes(len(data) - 402)  # still ends with its end-of-image marker: torchvision tries it
+    before = _decodes(gpu_decode_client, "opencv", "jpeg") + _decodes(gpu_decode_client, "torchvision", "jpeg")
+    for bad in (data[: len(data) // 2], bytes(zeroed)):
+        with_flag = gpu_decode_client.post("/infer/object_detection", json=body(bad))
+        without = client.post("/infer/object_detection", json=body(bad))
+        assert with_flag.status_code == without.status_code == 400
+        assert {k: v for k, v in with_flag.json().items() if k != "request_id"} == \
+            {k: v for k, v in without.json().items() if k != "request_id"}
+    assert _decodes(gpu_decode_client, "opencv", "jpeg") + _decodes(gpu_decode_client, "torchvision", "jpeg") == before
+    trailing = data + b"camera trailer"  # OpenCV decodes it; the device decoder is not asked
+    before = _decodes(gpu_decode_client, "opencv", "jpeg")
+    assert gpu_decode_client.post("/infer/object_detection", json=body(trailing)).status_code == 200
+    assert _decodes(gpu_decode_client, "opencv", "jpeg") == before + 1
+
+
+def test_gpu_decode_needs_cuda_devices(detector):
+    with pytest.raises(ValueError, match="--gpu-decode .* CUDA devices"):
+        create_app([detector], ServerSettings(model_id=MODEL, gpu_decode=True))
+    with pytest.raises(ValueError, match="gpu_decode is off"):
+        ServerSettings(model_id=MODEL, gpu_decode_device="cuda:0")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rfpipe.server.cli import build_parser, parse_devices, settings_from_args
+from rfpipe.server.cli import build_parser, main, parse_devices, settings_from_args
 
 
 def test_flags_become_settings():
@@ -15,6 +15,8 @@ def test_flags_become_settings():
     assert (s.model_id, s.max_batch, s.max_wait_ms, s.queue_size, s.request_timeout_s) == ("cars/3", 16, 2.0, 64, 5.0)
     assert (s.max_body_bytes, s.max_pixels, s.max_images, s.allow_url_input) == (1572864, 1000, 2, True)
     assert args.host == "127.0.0.1" and args.port == 9001  # loopback unless the operator says otherwise
+    assert not s.gpu_decode
+    assert settings_from_args(build_parser().parse_args(["m", "--gpu-decode"])).gpu_decode
 
 
 def test_model_id_defaults_to_the_package_name():
@@ -31,3 +33,11 @@ def test_devices():
 def test_invalid_limits_are_refused():
     with pytest.raises(ValueError, match="max_batch"):
         settings_from_args(build_parser().parse_args(["m", "--max-batch", "0"]))
+
+
+def test_gpu_decode_without_cuda_devices_is_refused_before_loading(tmp_path, capsys):
+    for device in ("cpu", "cuda:0,cpu"):
+        with pytest.raises(SystemExit) as exit_info:  # tmp_path has no model: loading it would fail otherwise
+            main([str(tmp_path / "missing"), "--gpu-decode", "--device", device])
+        assert exit_info.value.code == 2
+        assert "--gpu-decode decodes JPEG on a GPU" in capsys.readouterr().err

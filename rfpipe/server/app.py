@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -28,8 +29,9 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import rfpipe
-from rfpipe.decode import DecodeError, decode_image
+from rfpipe.decode import DecodeError, decode_image, read_header
 from rfpipe.geometry import Overrides
+from rfpipe.gpu_decode import check_device_decoder, decode_for_device
 from rfpipe.server.batching import Batcher, Job, QueueFull
 from rfpipe.server.errors import ApiError, from_decode_error
 from rfpipe.server.images import decode_base64, payload_bytes
@@ -42,7 +44,7 @@ from rfpipe.server.schemas import (
     ObjectDetectionResponse,
     RegisteredModels,
 )
-from rfpipe.server.settings import ServerSettings
+from rfpipe.server.settings import ServerSettings, decode_device
 from rfpipe.server.visualize import draw_predictions
 
 logger = logging.getLogger("rfpipe.server")
@@ -69,8 +71,8 @@ class Options:
 
 @dataclass
 class _Staged:
-    frame: np.ndarray  # what the detector gets (a pinned copy on GPU serving)
-    original: np.ndarray  # the decoded frame (kept for visualization and the answer's size)
+    frame: np.ndarray | torch.Tensor  # what the detector gets (a pinned copy on GPU serving; a GPU tensor with --gpu-decode)
+    original: np.ndarray | torch.Tensor  # the decoded frame (kept for visualization and the answer's size)
 
 
 def _pinned_copy(frame: np.ndarray) -> np.ndarray:
@@ -100,6 +102,9 @@ class ServerState:
         self.config = first.config
         self.class_names = tuple(first.class_names)
         self.devices = sorted({str(d.device) for d in detectors})
+        self.decode_device = decode_device(settings, self.devices)  # None: OpenCV decodes everything
+        if self.decode_device is not None:
+            check_device_decoder(self.decode_device)  # fails at start-up, not on the first JPEG
         self.backend = getattr(first, "backend_name", "unknown")
         self.metrics = Metrics()
         limit = first.config.max_dynamic_batch_size
@@ -124,10 +129,17 @@ class ServerState:
         s = self.settings
         data = source() if callable(source) else source
         try:
-            frame = decode_image(data, auto_orient=auto_orient, max_pixels=s.max_pixels)
+            if self.decode_device is not None:  # a GPU tensor for JPEG the device decoder takes, else OpenCV's frame
+                frame = decode_for_device(data, self.decode_device, auto_orient, s.max_pixels)
+            else:
+                frame = decode_image(data, auto_orient=auto_orient, max_pixels=s.max_pixels)
         except DecodeError as error:
             raise from_decode_error(error, where) from error
-        return _Staged(_pinned_copy(frame) if self.pin_frames else frame, frame)
+        on_device = isinstance(frame, torch.Tensor)
+        self.metrics.decodes.labels("torchvision" if on_device else "opencv", read_header(data).format).inc()
+        if on_device or not self.pin_frames:
+            return _Staged(frame, frame)
+        return _Staged(_pinned_copy(frame), frame)
 
     async def infer(self, sources: list[Any], options: Options, request_id: str, started: float) -> list[dict]:
         """Decode, batch and infer `sources` (bytes, or callables giving bytes); one response dict per image."""
@@ -182,12 +194,17 @@ class ServerState:
         self.metrics.stage.labels("decode").observe((time.perf_counter() - started) / len(sources))
         return outcomes
 
-    def _response(self, detections: Any, frame: np.ndarray, options: Options, request_id: str, elapsed: float) -> dict:
+    def _response(self, detections: Any, frame: np.ndarray | torch.Tensor, options: Options, request_id: str,
+                  elapsed: float) -> dict:
         return response_for(detections, frame, options, request_id, elapsed)
 
 
-def response_for(detections: Any, frame: np.ndarray, options: Options, request_id: str, elapsed: float) -> dict:
-    """One image's answer in the inference server's shape, with the request's filters applied."""
+def response_for(detections: Any, frame: np.ndarray | torch.Tensor, options: Options, request_id: str,
+                 elapsed: float) -> dict:
+    """One image's answer in the inference server's shape, with the request's filters applied.
+
+    `frame` is the decoded BGR frame; a device tensor (--gpu-decode) is copied to the host only to draw on.
+    """
     predictions = detections.to_inference_json()
     if options.class_filter is not None:
         predictions = [p for p in predictions if p["class"] in options.class_filter]
@@ -195,7 +212,8 @@ def response_for(detections: Any, frame: np.ndarray, options: Options, request_i
         predictions = predictions[: options.max_detections]
     visualization = None
     if options.visualize:
-        visualization = draw_predictions(frame, predictions, options.labels, options.stroke)
+        pixels = frame.cpu().numpy() if isinstance(frame, torch.Tensor) else frame
+        visualization = draw_predictions(pixels, predictions, options.labels, options.stroke)
     return {"inference_id": request_id, "time": elapsed,
             "image": {"width": int(frame.shape[1]), "height": int(frame.shape[0])},
             "predictions": predictions, "visualization": visualization}

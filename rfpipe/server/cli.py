@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from rfpipe.decode import DEFAULT_MAX_PIXELS
-from rfpipe.server.settings import ServerSettings
+from rfpipe.server.settings import ServerSettings, decode_device
 
 logger = logging.getLogger("rfpipe.server")
 
@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-url-input", action="store_true",
                    help="fetch images given as URLs (public addresses only; off by default)")
     p.add_argument("--decode-threads", type=int, default=None)
+    p.add_argument("--gpu-decode", action="store_true",
+                   help="decode JPEG with nvJPEG on the first CUDA device (torchvision): faster, but NOT "
+                        "bit-identical to OpenCV's decode, so answers drift slightly (docs/serving.md); "
+                        "other formats still decode on the CPU")
     p.add_argument("--max-connections", type=int, default=1024, help="concurrent connections before uvicorn answers 503")
     p.add_argument("--log-level", default="info")
     return p
@@ -54,7 +58,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         model_id=args.model_id or Path(args.model).resolve().name,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
         request_timeout_s=args.request_timeout, max_body_bytes=int(args.max_body_mb * (1 << 20)),
-        max_pixels=args.max_pixels, max_images=args.max_images, allow_url_input=args.allow_url_input, **extra,
+        max_pixels=args.max_pixels, max_images=args.max_images, allow_url_input=args.allow_url_input,
+        gpu_decode=args.gpu_decode, **extra,
     )
 
 
@@ -68,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         devices = parse_devices(args.device)
         settings = settings_from_args(args)
+        decode_device(settings, devices)  # refuses --gpu-decode without CUDA before any model loads
     except ValueError as error:
         build_parser().error(str(error))
     if args.workers_per_device < 1:

@@ -34,6 +34,8 @@ class Metrics:
                                ["stage"], buckets=_LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("rfpipe_batch_size", "Images per forward pass", buckets=_BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("rfpipe_queue_depth", "Images admitted and not yet taken into a batch", registry=r)
+        self.decodes = Counter("rfpipe_decodes", "Images decoded, by decoder (opencv: the exact CPU decode; "
+                               "torchvision: --gpu-decode on the GPU) and format", ["decoder", "format"], registry=r)
         self.images = Counter("rfpipe_images", "Images inferred", ["device"], registry=r)
         self.gpu_peak = Gauge("rfpipe_gpu_memory_peak_bytes", "Peak GPU memory allocated by torch", ["device"], registry=r)
 

@@ -28,6 +28,9 @@ class ServerSettings:
     url_timeout_s: float = 10.0
     decode_threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
     retry_after_s: int = 1  # Retry-After on 503
+    # JPEG decoded by torchvision on a GPU (nvJPEG), not by OpenCV: faster, NOT bit-identical (docs/serving.md).
+    gpu_decode: bool = False
+    gpu_decode_device: str | None = None  # where gpu_decode decodes; None: the first CUDA device served
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "queue_size", "max_body_bytes", "max_pixels", "max_images", "decode_threads"):
@@ -36,3 +39,25 @@ class ServerSettings:
         for name in ("max_wait_ms", "request_timeout_s", "url_timeout_s"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if self.gpu_decode_device is not None and not self.gpu_decode:
+            raise ValueError("gpu_decode_device is set but gpu_decode is off")
+
+
+def decode_device(settings: ServerSettings, devices: list[str]) -> str | None:
+    """Where JPEG is decoded under `settings.gpu_decode` (None: OpenCV on the CPU), serving on `devices`.
+
+    torchvision keeps one nvJPEG decoder per process, for one device (rfpipe.gpu_decode), so all
+    decoding happens on the first CUDA device; workers on other devices copy the frames over.
+    Raises ValueError when --gpu-decode is asked for and the server does not serve on CUDA.
+
+    >>> decode_device(ServerSettings(model_id="cars/3", gpu_decode=True), ["cuda:1", "cuda:0"])
+    'cuda:0'
+    """
+    if not settings.gpu_decode:
+        return None
+    if settings.gpu_decode_device is not None:
+        return settings.gpu_decode_device
+    if not devices or not all(d.startswith("cuda") for d in devices):
+        raise ValueError(f"--gpu-decode decodes JPEG on a GPU: it needs the server to run on CUDA devices "
+                         f"(--device cuda or cuda:0,cuda:1,...), got --device {','.join(devices)}")
+    return sorted(devices)[0]
