@@ -5,6 +5,7 @@
 #   soak     one GPU: 10,000 requests, resident memory after each 1000
 #   workers  one GPU, --workers-per-device 2, concurrency 64
 #   multi    --device cuda:0,cuda:1 at concurrency 64, beside cuda:0 alone in the same call (needs 2 GPUs)
+#   replicas two servers, one per GPU, loaded at the same time (the load-balancer layout; needs 2 GPUs)
 #   decode   one GPU, --gpu-decode, concurrency 64, beside the CPU decode in the same call
 # Writes logs and JSON to $OUT. Needs beside torch/triton/opencv: fastapi starlette uvicorn pydantic
 # pydantic_core annotated-types typing-inspection python-multipart opentelemetry-api (server) and rfdetr
@@ -17,26 +18,31 @@ python3 setup.py build_ext --inplace -q >/dev/null 2>&1 || echo "C extension bui
 export PYTHONPATH="${SITE:-/tmp/site}:$PWD"
 [ -f /tmp/m/checkpoint.pth ] || python3 -c "from rfpipe.untrained import build_checkpoint; build_checkpoint('/tmp/m/checkpoint.pth')"
 B="python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 720 --max-batch 16"
-log() { grep --line-buffered -v -E "UserWarning|FutureWarning|DeprecationWarning|warnings.warn" | tee "$OUT/$1"; }
+# Output lines go to stdout only (the device returns at most 8 files); each step writes its JSON to $OUT.
+log() { grep --line-buffered -v -E "UserWarning|FutureWarning|DeprecationWarning|warnings.warn"; }
 gpus=$(python3 -c 'import torch; print(torch.cuda.device_count())')
-steps=${*:-levels fp32 soak workers multi decode}
+steps=${*:-levels fp32 soak workers multi replicas decode}
 for step in $steps; do
   case $step in
     levels) timeout 300 $B --device cuda:0 --concurrency 1,8,64 --requests 400 --cap-s 15 --check \
-              --compare-max-batch 1 --json "$OUT/levels.json" 2>&1 | log levels.log ;;
+              --compare-max-batch 1 --json "$OUT/levels.json" 2>&1 | log ;;
     fp32) NVIDIA_TF32_OVERRIDE=0 timeout 200 $B --device cuda:0 --concurrency 64 --requests 400 --cap-s 15 --check \
-            --compare-max-batch 1 --json "$OUT/fp32.json" 2>&1 | log fp32.log ;;
+            --compare-max-batch 1 --json "$OUT/fp32.json" 2>&1 | log ;;
     soak) timeout 300 $B --device cuda:0 --concurrency 64 --requests 200 --cap-s 10 --soak 10000 \
-            --json "$OUT/soak.json" 2>&1 | log soak.log ;;
+            --json "$OUT/soak.json" 2>&1 | log ;;
     workers) timeout 120 $B --device cuda:0 --server-arg=--workers-per-device=2 --concurrency 64 --requests 800 \
-               --cap-s 15 --json "$OUT/workers.json" 2>&1 | log workers.log ;;
+               --cap-s 15 --json "$OUT/workers.json" 2>&1 | log ;;
     multi) if [ "$gpus" -ge 2 ]; then
-             timeout 120 $B --device cuda:0 --concurrency 64 --requests 800 --cap-s 15 --json "$OUT/multi_one.json" 2>&1 | log multi_one.log
-             timeout 120 $B --device cuda:0,cuda:1 --concurrency 64 --requests 800 --cap-s 15 --json "$OUT/multi_two.json" 2>&1 | log multi_two.log
-           else echo "multi: needs 2 GPUs, this machine has $gpus" | tee "$OUT/multi.log"; fi ;;
-    decode) timeout 120 $B --device cuda:0 --concurrency 64 --requests 800 --cap-s 15 --json "$OUT/decode_cpu.json" 2>&1 | log decode_cpu.log
+             timeout 120 $B --device cuda:0 --concurrency 64 --requests 800 --cap-s 15 --json "$OUT/multi_one.json" 2>&1 | log
+             timeout 120 $B --device cuda:0,cuda:1 --concurrency 64 --requests 800 --cap-s 15 --json "$OUT/multi_two.json" 2>&1 | log
+           else echo "multi: needs 2 GPUs, this machine has $gpus" ; fi ;;
+    replicas) if [ "$gpus" -ge 2 ]; then
+                for g in 0 1; do timeout 120 $B --device cuda:$g --concurrency 64 --requests 1600 --cap-s 15 \
+                  --json "$OUT/replica$g.json" 2>&1 | log & done; wait
+              else echo "replicas: needs 2 GPUs, this machine has $gpus"; fi ;;
+    decode) timeout 120 $B --device cuda:0 --concurrency 64 --requests 800 --cap-s 15 --json "$OUT/decode_cpu.json" 2>&1 | log
             timeout 120 $B --device cuda:0 --server-arg=--gpu-decode --concurrency 64 --requests 800 --cap-s 15 \
-              --json "$OUT/decode_gpu.json" 2>&1 | log decode_gpu.log ;;
+              --json "$OUT/decode_gpu.json" 2>&1 | log ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

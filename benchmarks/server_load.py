@@ -201,6 +201,16 @@ def answer_drift(a: list[dict], b: list[dict], box_px: float = 2.0) -> dict:
             "max_conf_delta": conf_delta, "max_box_delta_px": box_delta}
 
 
+def metric_by_label(url: str, name: str, label: str) -> dict[str, float]:
+    """Values of one metric summed per value of one of its labels."""
+    text = request(url, "GET", "/metrics")[1].decode()
+    out: dict[str, float] = {}
+    for labels, value in re.findall(rf"^{name}{{([^}}]*)}} (\S+)$", text, re.M):
+        key = dict(re.findall(r'(\w+)="([^"]*)"', labels)).get(label, "")
+        out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
 def check_frames(count: int = 64) -> list:
     """`count` different crops of the sample photos (BGR), all of different sizes."""
     photos = list(load_samples().values())
@@ -312,6 +322,11 @@ def main() -> None:
                 row["gpu_peak_mb"] = round(gpu / (1 << 20), 1)
             mean_batch = (metric(url, "rfpipe_batch_size_sum") or 0) / max(1, metric(url, "rfpipe_batch_size_count") or 1)
             row["mean_batch_so_far"] = round(mean_batch, 2)
+            row["images_by_device"] = metric_by_label(url, "rfpipe_images_total", "device")
+            row["decodes"] = metric_by_label(url, "rfpipe_decodes_total", "decoder")
+            sums = metric_by_label(url, "rfpipe_stage_duration_seconds_sum", "stage")
+            counts = metric_by_label(url, "rfpipe_stage_duration_seconds_count", "stage")
+            row["stage_mean_ms_so_far"] = {k: round(1000 * v / max(1.0, counts.get(k, 1.0)), 2) for k, v in sums.items()}
             rows.append(row)
             print(json.dumps(row), flush=True)
         return rows

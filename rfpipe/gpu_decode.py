@@ -23,13 +23,15 @@ gains nothing on them); and whatever torchvision raises on (corrupt data, JPEG v
 lacks). Errors are therefore
 always the CPU path's errors, and a request never fails only because the GPU decoder did.
 
-Streams. torchvision decodes on a stream of its own and makes the calling thread's current stream
-wait for it. In the server the caller is a decode thread, and the frame is read later by a worker
-thread on another stream, with nothing on the GPU ordering the two. So the decode (and the flip)
-runs on a stream owned by the decoding thread, which is synchronised before the frame is
-returned: a returned tensor is complete and can be read from any stream. The stream is not the
-default stream, which a worker's forward pass may be using: waiting on that would put every
-decode behind a batch.
+Streams and threads. torchvision decodes on a private stream and nvJPEG's hardware engine does not
+wait for work queued before it (torchvision#9606, torchcodec#1634 describe it): a block the caching
+allocator hands the decoder may still be read by a kernel queued on another thread's stream. With
+decode threads each on their own stream, that corrupted frames (an H200 test, 2026-11-25: 4 threads
+per photo, wrong sums). So decodes on a device are serialised by one lock (torchvision serialises
+the decode itself anyway) and each runs, with its flip, on the device's decode stream, which is
+synchronised before the lock is released: nothing is in flight when the next decode starts, and a
+returned tensor is complete and can be read from any stream. The stream is not the default stream,
+which a worker's forward pass may be using: waiting on that would put every decode behind a batch.
 
 One device per process. torchvision keeps a single nvJPEG decoder, behind a process-wide mutex,
 for the device it decoded on last; a decode on another device replaces it, and the replaced
@@ -108,15 +110,16 @@ def _torchvision_decode_jpeg():
     return functools.partial(decode_jpeg, mode=ImageReadMode.RGB)
 
 
-_local = threading.local()
+_streams: dict[torch.device, tuple[threading.Lock, torch.cuda.Stream]] = {}
+_streams_lock = threading.Lock()
 
 
-def _thread_stream(device: torch.device) -> torch.cuda.Stream:
-    """This thread's decode stream on `device`, created on first use."""
-    streams = _local.__dict__.setdefault("streams", {})
-    if device not in streams:
-        streams[device] = torch.cuda.Stream(device)
-    return streams[device]
+def _decode_stream(device: torch.device) -> tuple[threading.Lock, torch.cuda.Stream]:
+    """The lock that serialises decodes on `device` and the stream they run on, created on first use."""
+    with _streams_lock:
+        if device not in _streams:
+            _streams[device] = (threading.Lock(), torch.cuda.Stream(device))
+        return _streams[device]
 
 
 def _device(value: str | torch.device) -> torch.device:
@@ -162,10 +165,10 @@ def decode_jpeg_on_device(
     encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
         if device.type == "cuda":
-            stream = _thread_stream(device)
-            with torch.cuda.stream(stream):
+            lock, stream = _decode_stream(device)
+            with lock, torch.cuda.stream(stream):
                 frame = orient(decode(encoded, device=device).permute(1, 2, 0), orientation, swap_channels=True)
-            stream.synchronize()
+                stream.synchronize()
         else:
             frame = orient(decode(encoded).permute(1, 2, 0), orientation, swap_channels=True)
     except (RuntimeError, ValueError) as error:
