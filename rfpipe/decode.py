@@ -12,6 +12,7 @@ themselves (`rfpipe.gpu_decode`).
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -278,25 +279,38 @@ _EXIF_HEADER_BYTES = 6  # "Exif\0\0", skipped unread
 def exif_orientation(data: bytes | bytearray | memoryview) -> int:
     """The EXIF orientation (1..8) that OpenCV's `imdecode` applies to these JPEG bytes; 1 if none.
 
-    Read the way OpenCV 4 reads it (checked against the installed cv2 in tests/test_gpu_decode.py):
-    the first APP1 segment before the scan, whatever its identifier, is a TIFF block after its
-    first 6 bytes; the block is little-endian when it starts with `II`, else big-endian; the first
-    Orientation entry of IFD0 is a 16-bit value at byte 8 of the entry, whatever type it declares.
-    Values outside 1..8, a block that ends before the entry, or a tag OpenCV reads whose value lies
-    outside the block (before the Orientation entry) all mean 1. Raises CorruptImageError where the
-    headers are not a JPEG marker sequence.
+    Read the way the installed OpenCV reads it (both checked against cv2 in tests/test_gpu_decode.py).
+    OpenCV 4: the first APP1 segment before the scan, whatever its identifier, is a TIFF block after
+    its first 6 bytes. OpenCV 5: the APP1 segments whose identifier is `Exif\0\0`, in order, until
+    one has an Orientation entry. In the block: little-endian when it starts with `II`, else
+    big-endian; the first Orientation entry of IFD0 is a 16-bit value at byte 8 of the entry,
+    whatever type it declares. Values outside 1..8 mean 1; so do (OpenCV 4) a block that ends before
+    the entry or a tag OpenCV reads whose value lies outside the block (before the Orientation entry).
+    Raises CorruptImageError where the headers are not a JPEG marker sequence.
 
     >>> exif_orientation(open("phone_photo.jpg", "rb").read())  # doctest: +SKIP
     6
     """
     data = bytes(data)
+    every_exif_segment = _opencv_major() >= 5
     for marker, start, length in _jpeg_segments(data):
-        if marker == _JPEG_APP1:
-            return _tiff_orientation(data[start + _EXIF_HEADER_BYTES : start + length])
+        if marker != _JPEG_APP1:
+            continue
+        block = data[start + _EXIF_HEADER_BYTES : start + length]
+        if not every_exif_segment:
+            return _tiff_orientation(block) or 1
+        if data[start : start + _EXIF_HEADER_BYTES] == b"Exif\0\0" and (found := _tiff_orientation(block)):
+            return found
     return 1
 
 
-def _tiff_orientation(block: bytes) -> int:
+@functools.cache
+def _opencv_major() -> int:
+    return int(cv2.__version__.split(".")[0])
+
+
+def _tiff_orientation(block: bytes) -> int | None:
+    """The block's orientation (1 for values outside 1..8), or None where it has none OpenCV can read."""
     order = "<" if block[:2] == b"II" else ">"
 
     def read(fmt: str, at: int) -> int:  # struct.error past the end of the block
@@ -304,7 +318,7 @@ def _tiff_orientation(block: bytes) -> int:
 
     try:
         if read("H", 2) != 42:
-            return 1
+            return None
         ifd = read("I", 4)
         for entry in range(ifd + 2, ifd + 2 + 12 * read("H", ifd), 12):
             tag = read("H", entry)
@@ -317,12 +331,12 @@ def _tiff_orientation(block: bytes) -> int:
                 size = read("I", entry + 4)
                 at = 8 if size <= 4 else read("I", entry + 8)  # OpenCV's offset for short strings: 8 from the block start
                 if at + size > len(block):
-                    return 1
+                    return None
             elif tag in _EXIF_RATIONAL_TAGS:
                 read("I", read("I", entry + 8) + 8 * _EXIF_RATIONAL_TAGS[tag] - 4)
     except struct.error:
-        return 1
-    return 1
+        return None
+    return None
 
 
 def decode_image(

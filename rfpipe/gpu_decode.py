@@ -23,15 +23,14 @@ gains nothing on them); and whatever torchvision raises on (corrupt data, JPEG v
 lacks). Errors are therefore
 always the CPU path's errors, and a request never fails only because the GPU decoder did.
 
-Streams and threads. torchvision decodes on a private stream and nvJPEG's hardware engine does not
-wait for work queued before it (torchvision#9606, torchcodec#1634 describe it): a block the caching
-allocator hands the decoder may still be read by a kernel queued on another thread's stream. With
-decode threads each on their own stream, that corrupted frames (an H200 test, 2026-11-25: 4 threads
-per photo, wrong sums). So decodes on a device are serialised by one lock (torchvision serialises
-the decode itself anyway) and each runs, with its flip, on the device's decode stream, which is
-synchronised before the lock is released: nothing is in flight when the next decode starts, and a
-returned tensor is complete and can be read from any stream. The stream is not the default stream,
-which a worker's forward pass may be using: waiting on that would put every decode behind a batch.
+Streams and threads. torchvision decodes on a private stream, and nvJPEG's hardware engine is
+reported not to wait for work queued before it (torchvision#9606, torchcodec#1634): a block the
+caching allocator hands the decoder could still be read by a kernel queued on another stream. So
+decodes on a device are serialised by one lock (torchvision serialises the decode itself anyway)
+and each runs, with its flip, on the device's decode stream, which is synchronised before the
+lock is released: nothing of a decode is in flight when the next starts, and a returned tensor is
+complete and can be read from any stream. The stream is not the default stream, which a worker's
+forward pass may be using: waiting on that would put every decode behind a batch.
 
 One device per process. torchvision keeps a single nvJPEG decoder, behind a process-wide mutex,
 for the device it decoded on last; a decode on another device replaces it, and the replaced
