@@ -16,6 +16,7 @@ from rfpipe.decode import DEFAULT_MAX_PIXELS
 from rfpipe.server.settings import ServerSettings, decode_device
 
 logger = logging.getLogger("rfpipe.server")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     >>> main(["path/to/package", "--device", "cuda:0,cuda:1", "--max-batch", "16"])  # doctest: +SKIP
     """
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     try:
         devices = parse_devices(args.device)
         settings = settings_from_args(args)

@@ -147,10 +147,11 @@ def _child(args: argparse.Namespace, devices: list[str], settings: ServerSetting
            parent_pid: int) -> None:
     """One server process: load the detectors for `devices` and serve them on the parent's socket."""
     _exit_with_parent(parent_pid)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
 
-    from rfpipe.server.cli import load_app, uvicorn_options
+    from rfpipe.server.cli import LOG_FORMAT, load_app, uvicorn_options
+
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
 
     try:
         server = uvicorn.Server(uvicorn.Config(load_app(args, devices, settings), **uvicorn_options(args)))
