@@ -103,9 +103,40 @@ class Server:
             self.process.kill()
 
     def memory_mb(self) -> tuple[float, float]:
-        """Current and peak resident memory of the server process, MiB."""
-        fields = dict(line.split(":", 1) for line in open(f"/proc/{self.process.pid}/status"))
-        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+        """Current and peak resident memory of the server's process tree (with --processes: every child), MiB.
+
+        Sums over the processes: pages they share (libraries) count once per process, and the peak is
+        the sum of each process's own peak (VmHWM), which may not all have come at the same moment.
+        """
+        rss = peak = 0
+        for pid in process_tree(self.process.pid):
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    fields = dict(line.split(":", 1) for line in f)
+            except FileNotFoundError:  # ended while we looked
+                continue
+            if "VmRSS" in fields:  # a zombie has none
+                rss += int(fields["VmRSS"].split()[0])
+                peak += int(fields["VmHWM"].split()[0])
+        return rss / 1024, peak / 1024
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants, from /proc/PID/task/TID/children."""
+    pids = [pid]
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return pids
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children = [int(c) for c in f.read().split()]
+        except FileNotFoundError:
+            continue
+        for child in children:
+            pids += process_tree(child)
+    return pids
 
 
 def request(url: str, method: str, path: str, body: bytes | None = None, conn=None) -> tuple[int, bytes]:

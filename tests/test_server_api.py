@@ -173,6 +173,12 @@ def test_health_ready_openapi(client):
     assert {"/infer/object_detection", "/{dataset_id}/{version_id}", "/model/registry", "/metrics"} <= set(paths)
 
 
+def test_info_names_the_answering_process_and_its_devices(client):
+    info = client.get("/info").json()
+    assert info == {"name": "rfpipe", "version": rfpipe.__version__, "uuid": MODEL, "pid": os.getpid(),
+                    "devices": ["cpu"]}
+
+
 def _bomb_png() -> bytes:
     ihdr = struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0)
     chunk = struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import uvicorn
 
+from rfpipe.server import cli
 from rfpipe.server.cli import build_parser, main, parse_devices, settings_from_args
+from rfpipe.server.processes import process_devices
 
 
 def test_flags_become_settings():
@@ -41,3 +44,26 @@ def test_gpu_decode_without_cuda_devices_is_refused_before_loading(tmp_path, cap
             main([str(tmp_path / "missing"), "--gpu-decode", "--device", device])
         assert exit_info.value.code == 2
         assert "--gpu-decode decodes JPEG on a GPU" in capsys.readouterr().err
+
+
+def test_processes_below_one_are_refused(tmp_path, capsys):
+    for bad in ("0", "-1"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(tmp_path / "missing"), "--processes", bad])
+        assert exit_info.value.code == 2
+        assert "--processes must be at least 1" in capsys.readouterr().err
+
+
+def test_one_process_serves_in_this_process(monkeypatch):
+    served = []
+    monkeypatch.setattr(cli, "load_app", lambda args, devices, settings: ("app", devices))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append((app, options["port"])))
+    assert main(["m", "--device", "cpu", "--port", "9100"]) == 0
+    assert served == [(("app", ["cpu"]), 9100)]
+
+
+def test_processes_split_the_devices_or_share_them():
+    assert process_devices(["cuda:0", "cuda:1"], 2) == [["cuda:0"], ["cuda:1"]]
+    assert process_devices(["cuda:0", "cuda:1", "cuda:2", "cuda:3"], 2) == [["cuda:0", "cuda:2"], ["cuda:1", "cuda:3"]]
+    assert process_devices(["cuda:0"], 2) == [["cuda:0"], ["cuda:0"]]  # two processes on one GPU
+    assert process_devices(["cuda:0", "cuda:1"], 3) == [["cuda:0"], ["cuda:1"], ["cuda:0"]]

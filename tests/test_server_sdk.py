@@ -44,6 +44,11 @@ def _expected(detector, frame, confidence=0.4):
     return strip_ids(d.to_inference_json())
 
 
+def test_server_info_reads_past_the_process_fields(server):
+    info = InferenceHTTPClient(api_url=server, api_key="any-key").get_server_info()
+    assert (info.name, info.uuid) == ("rfpipe", MODEL)
+
+
 def test_v1_infer_from_a_path(server, detector, photo_path):
     client = InferenceHTTPClient(api_url=server, api_key="any-key")
     result = client.infer(str(photo_path), model_id=MODEL)

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import os
 import re
 import time
 import uuid
@@ -406,7 +407,12 @@ def create_app(detectors: list[Any], settings: ServerSettings) -> FastAPI:
 
     @app.get("/readyz", tags=["health"], responses={503: {"model": ErrorResponse}})
     async def readyz(request: Request) -> Any:
-        """Readiness: every worker has loaded its model and run a warm-up batch."""
+        """Readiness: every worker has loaded its model and run a warm-up batch.
+
+        Under `rfpipe serve --processes N` the answer is the receiving process's own. A process accepts
+        connections only after its warm-up has settled (or 600 s passed), so a probe meets a process
+        that is ready or has failed (503), not one still loading.
+        """
         if state.batcher.ready:
             return {"status": "ready", "workers": len(detectors), "devices": state.devices}
         _note_error(request, "not_ready")
@@ -421,7 +427,12 @@ def create_app(detectors: list[Any], settings: ServerSettings) -> FastAPI:
 
     @app.get("/info", tags=["models"])
     async def info() -> dict:
-        return {"name": "rfpipe", "version": rfpipe.__version__, "uuid": settings.model_id}
+        """The server's name and version (inference-sdk reads these), and which process answered on which devices.
+
+        Under `rfpipe serve --processes N` each process answers for itself: `pid` and `devices` tell them apart.
+        """
+        return {"name": "rfpipe", "version": rfpipe.__version__, "uuid": settings.model_id,
+                "pid": os.getpid(), "devices": state.devices}
 
     @app.get("/model/registry", response_model=RegisteredModels, tags=["models"])
     async def registry() -> dict:

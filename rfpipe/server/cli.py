@@ -1,18 +1,22 @@
 """`rfpipe serve MODEL ...`: load one detector per worker and serve them with uvicorn.
 
-`rfpipe.cli` forwards the arguments after `serve` to `main(argv)`.
+`rfpipe.cli` forwards the arguments after `serve` to `main(argv)`. With `--processes N` (N > 1)
+rfpipe.server.processes runs N such servers on one listening socket.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
 from rfpipe.decode import DEFAULT_MAX_PIXELS
 from rfpipe.server.settings import ServerSettings, decode_device
 
 logger = logging.getLogger("rfpipe.server")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="'cpu', 'cuda', or a comma list such as 'cuda:0,cuda:1' (one worker per device)")
     p.add_argument("--backend", default="auto")
     p.add_argument("--workers-per-device", type=int, default=1, help="detectors (and worker threads) per device")
+    p.add_argument("--processes", type=int, default=1,
+                   help="server processes sharing the port (default 1: this process serves); each serves "
+                        "devices[i::N], or one device each when N exceeds the devices; limits such as "
+                        "--queue-size apply per process")
     p.add_argument("--max-batch", type=int, default=8, help="images per forward pass")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
     p.add_argument("--queue-size", type=int, default=256, help="images admitted before answering 503")
@@ -69,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     >>> main(["path/to/package", "--device", "cuda:0,cuda:1", "--max-batch", "16"])  # doctest: +SKIP
     """
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     try:
         devices = parse_devices(args.device)
         settings = settings_from_args(args)
@@ -78,9 +86,22 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error(str(error))
     if args.workers_per_device < 1:
         build_parser().error("--workers-per-device must be at least 1")
+    if args.processes < 1:
+        build_parser().error("--processes must be at least 1")
+    if args.processes > 1:
+        from rfpipe.server.processes import serve_processes
+
+        return serve_processes(args, devices, settings)
 
     import uvicorn
 
+    app = load_app(args, devices, settings)
+    uvicorn.run(app, host=args.host, port=args.port, **uvicorn_options(args))
+    return 0
+
+
+def load_app(args: argparse.Namespace, devices: list[str], settings: ServerSettings) -> Any:
+    """The app serving `args.model` with `args.workers_per_device` detectors on each of `devices`."""
     from rfpipe import Detector
     from rfpipe.server.app import create_app
 
@@ -88,9 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     for device in devices:
         for _ in range(args.workers_per_device):
             detectors.append(Detector.load(args.model, device=device, backend=args.backend))
-    logger.info("serving %r as %r on %s (%d worker(s), backend %s)", args.model, settings.model_id,
-                ",".join(devices), len(detectors), detectors[0].backend_name)
-    app = create_app(detectors, settings)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                limit_concurrency=args.max_connections, timeout_keep_alive=30)
-    return 0
+    logger.info("serving %r as %r on %s (%d worker(s), backend %s, pid %d)", args.model, settings.model_id,
+                ",".join(devices), len(detectors), detectors[0].backend_name, os.getpid())
+    return create_app(detectors, settings)
+
+
+def uvicorn_options(args: argparse.Namespace) -> dict[str, Any]:
+    """uvicorn.Config's arguments other than the app and where to listen: the same in every server process."""
+    return {"log_level": args.log_level, "limit_concurrency": args.max_connections, "timeout_keep_alive": 30}

@@ -1,13 +1,24 @@
 """Prometheus metrics of one server: requests and errors by route and status, stage latencies, batches, queue.
 
 Each app gets its own registry, so several servers (tests, several apps in one process) never share
-counters. Routes are labelled by their template (`/{dataset_id}/{version_id}`), never the raw path,
+counters. Under `rfpipe serve --processes N` (PROMETHEUS_MULTIPROC_DIR set before prometheus_client is
+imported) every process writes its values to files there, and any process's render() reads all of
+them: /metrics shows the whole server whichever process answers. Routes are labelled by their template (`/{dataset_id}/{version_id}`), never the raw path,
 so a client cannot grow the label set.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 # Seconds: from sub-millisecond decode of a small PNG to multi-second CPU batches.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -23,6 +34,7 @@ class Metrics:
     """
 
     def __init__(self) -> None:
+        self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("rfpipe_http_requests", "HTTP requests answered", ["route", "method", "status"], registry=r)
@@ -33,11 +45,18 @@ class Metrics:
                                "Time per stage: decode and queue per image; preprocess, forward, postprocess per batch",
                                ["stage"], buckets=_LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("rfpipe_batch_size", "Images per forward pass", buckets=_BATCH_BUCKETS, registry=r)
-        self.queue_depth = Gauge("rfpipe_queue_depth", "Images admitted and not yet taken into a batch", registry=r)
+        # multiprocess_mode: how several processes' values combine (ignored in a single process).
+        self.queue_depth = Gauge("rfpipe_queue_depth", "Images admitted and not yet taken into a batch",
+                                 multiprocess_mode="livesum", registry=r)
         self.decodes = Counter("rfpipe_decodes", "Images decoded, by decoder (opencv: the exact CPU decode; "
                                "torchvision: --gpu-decode on the GPU) and format", ["decoder", "format"], registry=r)
         self.images = Counter("rfpipe_images", "Images inferred", ["device"], registry=r)
-        self.gpu_peak = Gauge("rfpipe_gpu_memory_peak_bytes", "Peak GPU memory allocated by torch", ["device"], registry=r)
+        self.gpu_peak = Gauge("rfpipe_gpu_memory_peak_bytes", "Peak GPU memory allocated by torch", ["device"],
+                              multiprocess_mode="max", registry=r)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()  # fresh each time, as prometheus_client's multiprocess docs do
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
