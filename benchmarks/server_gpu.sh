@@ -6,6 +6,8 @@
 #   workers  one GPU, --workers-per-device 2, concurrency 64
 #   multi    --device cuda:0,cuda:1 at concurrency 64, beside cuda:0 alone in the same call (needs 2 GPUs)
 #   replicas two servers, one per GPU, loaded at the same time (the load-balancer layout; needs 2 GPUs)
+#   processes  --processes 1 and 2 on one GPU, 2 and 4 on two GPUs (concurrency 64), and --check across
+#            two processes with --max-batch 1
 #   decode   one GPU, --gpu-decode, concurrency 64, beside the CPU decode in the same call
 # Writes logs and JSON to $OUT. Needs beside torch/triton/opencv: fastapi starlette uvicorn pydantic
 # pydantic_core annotated-types typing-inspection python-multipart opentelemetry-api (server) and rfdetr
@@ -40,6 +42,15 @@ for step in $steps; do
                 for g in 0 1; do timeout 120 $B --device cuda:$g --concurrency 64 --requests 1600 --cap-s 15 \
                   --json "$OUT/replica$g.json" 2>&1 | log & done; wait
               else echo "replicas: needs 2 GPUs, this machine has $gpus"; fi ;;
+    processes) timeout 120 $B --device cuda:0 --concurrency 64 --requests 1600 --cap-s 15 --json "$OUT/proc1.json" 2>&1 | log
+               timeout 150 $B --device cuda:0 --server-arg=--processes=2 --concurrency 64 --requests 1600 --cap-s 15 \
+                 --json "$OUT/proc2_one_gpu.json" 2>&1 | log
+               if [ "$gpus" -ge 2 ]; then
+                 for n in 2 4; do timeout 150 $B --device cuda:0,cuda:1 --server-arg=--processes=$n --concurrency 64 \
+                   --requests 2400 --cap-s 15 --json "$OUT/proc${n}_two_gpus.json" 2>&1 | log; done
+                 timeout 150 $B --device cuda:0,cuda:1 --server-arg=--processes=2 --max-batch 1 --concurrency 64 \
+                   --requests 400 --cap-s 10 --check --json "$OUT/proc2_check.json" 2>&1 | log
+               fi ;;
     decode) timeout 120 $B --device cuda:0 --concurrency 64 --requests 800 --cap-s 15 --json "$OUT/decode_cpu.json" 2>&1 | log
             timeout 120 $B --device cuda:0 --server-arg=--gpu-decode --concurrency 64 --requests 800 --cap-s 15 \
               --json "$OUT/decode_gpu.json" 2>&1 | log ;;
