@@ -49,6 +49,7 @@ import cv2
 import numpy as np
 import torch
 
+from rfpipe.backends import resolve_device
 from rfpipe.decode import (
     DEFAULT_MAX_PIXELS,
     CorruptImageError,
@@ -121,13 +122,6 @@ def _decode_stream(device: torch.device) -> tuple[threading.Lock, torch.cuda.Str
         return _streams[device]
 
 
-def _device(value: str | torch.device) -> torch.device:
-    device = torch.device(value)
-    if device.type == "cuda" and device.index is None:  # torchvision keeps its decoder per exact device
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
 def decode_jpeg_on_device(
     data: bytes | bytearray | memoryview,
     device: str | torch.device,
@@ -159,7 +153,7 @@ def decode_jpeg_on_device(
     if components not in (1, 3):  # CMYK / YCCK: converted on the host either way, and each library converts its own way
         raise DeviceDecodeDeclined(f"a JPEG of {components} colour components")
     decode = _torchvision_decode_jpeg()
-    device = _device(device)
+    device = resolve_device(device)  # torchvision keeps its decoder per exact device
     # torch.frombuffer needs a writable buffer (it warns on bytes); the copy costs microseconds.
     encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
