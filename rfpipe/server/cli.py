@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fetch images given as URLs (public addresses only; off by default)")
     p.add_argument("--decode-threads", type=int, default=None)
     p.add_argument("--gpu-decode", action="store_true",
-                   help="decode JPEG with nvJPEG on the first CUDA device (torchvision): faster, but NOT "
+                   help="decode JPEG with nvJPEG on the first CUDA device (torchvision): NOT "
                         "bit-identical to OpenCV's decode, so answers drift slightly (docs/serving.md); "
                         "other formats still decode on the CPU")
     p.add_argument("--max-connections", type=int, default=1024, help="concurrent connections before uvicorn answers 503")

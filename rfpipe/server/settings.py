@@ -28,7 +28,7 @@ class ServerSettings:
     url_timeout_s: float = 10.0
     decode_threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
     retry_after_s: int = 1  # Retry-After on 503
-    # JPEG decoded by torchvision on a GPU (nvJPEG), not by OpenCV: faster, NOT bit-identical (docs/serving.md).
+    # JPEG decoded by torchvision on a GPU (nvJPEG), not by OpenCV: NOT bit-identical (docs/serving.md).
     gpu_decode: bool = False
     gpu_decode_device: str | None = None  # where gpu_decode decodes; None: the first CUDA device served
 
