@@ -21,14 +21,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from server_load import answer_drift, check_frames  # noqa: E402
+from server_load import answer_drift, check_frames, without_ids  # noqa: E402
 
 from rfpipe import Detector  # noqa: E402
-
-
-def answer(detections) -> list[dict]:
-    """The inference-server predictions without their random detection ids."""
-    return [{k: v for k, v in p.items() if k != "detection_id"} for p in detections.to_inference_json()]
 
 
 def main() -> None:
@@ -52,7 +47,7 @@ def main() -> None:
             logits, boxes = detector.forward(batch)
             alone_inputs.append(batch)
             alone_outputs.append((logits, boxes))
-            alone.append(answer(detector.postprocess(logits, boxes, meta, args.confidence)[0]))
+            alone.append(without_ids(detector.postprocess(logits, boxes, meta, args.confidence)[0].to_inference_json()))
         inputs_equal, logit_diff, box_diff, batched = True, 0.0, 0.0, []
         for start in range(0, len(frames), args.batch):
             group = frames[start: start + args.batch]
@@ -62,7 +57,7 @@ def main() -> None:
                 inputs_equal &= torch.equal(batch[k: k + 1], alone_inputs[start + k])
                 logit_diff = max(logit_diff, float((logits[k] - alone_outputs[start + k][0][0]).abs().max()))
                 box_diff = max(box_diff, float((boxes[k] - alone_outputs[start + k][1][0]).abs().max()))
-            batched += [answer(d) for d in detector.postprocess(logits, boxes, meta, args.confidence)]
+            batched += [without_ids(d.to_inference_json()) for d in detector.postprocess(logits, boxes, meta, args.confidence)]
     drifts = [answer_drift(a, b) for a, b in zip(alone, batched, strict=True)]
     report.update({
         "preprocessed_bit_identical": inputs_equal, "max_logit_diff": logit_diff, "max_box_output_diff": box_diff,

@@ -210,6 +210,11 @@ def metric(url: str, name: str) -> float | None:
     return max(values) if values else None
 
 
+def without_ids(predictions: list[dict]) -> list[dict]:
+    """Inference-server predictions without their random `detection_id`s, so answers compare by content."""
+    return [{k: v for k, v in p.items() if k != "detection_id"} for p in predictions]
+
+
 def answer_drift(a: list[dict], b: list[dict], box_px: float = 2.0) -> dict:
     """How far answer `b` is from answer `a`: detections matched (same class, every box edge within
     `box_px`, greedily in `a`'s order), unmatched on either side, largest confidence and box deltas."""
@@ -267,7 +272,7 @@ def check_under_load(url: str, clients: int = 64, confidence: float = 0.05) -> d
         status, data = request(url, "POST", "/infer/object_detection", infer_body(image, confidence))
         if status != 200:
             return f"HTTP {status}"
-        return [{k: v for k, v in p.items() if k != "detection_id"} for p in json.loads(data)["predictions"]]
+        return without_ids(json.loads(data)["predictions"])
 
     alone = [answer(i) for i in images]
     barrier = threading.Barrier(clients)
