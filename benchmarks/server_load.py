@@ -204,8 +204,12 @@ def run_level(url: str, images: list[str], concurrency: int, requests: int, cap_
     }
 
 
-def metric(url: str, name: str) -> float | None:
-    text = request(url, "GET", "/metrics")[1].decode()
+def metrics_text(url: str) -> str:
+    return request(url, "GET", "/metrics")[1].decode()
+
+
+def metric(text: str, name: str) -> float | None:
+    """The largest value of one metric over its labels, in a /metrics text."""
     values = [float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
     return max(values) if values else None
 
@@ -237,9 +241,8 @@ def answer_drift(a: list[dict], b: list[dict], box_px: float = 2.0) -> dict:
             "max_conf_delta": conf_delta, "max_box_delta_px": box_delta}
 
 
-def metric_by_label(url: str, name: str, label: str) -> dict[str, float]:
-    """Values of one metric summed per value of one of its labels."""
-    text = request(url, "GET", "/metrics")[1].decode()
+def metric_by_label(text: str, name: str, label: str) -> dict[str, float]:
+    """Values of one metric summed per value of one of its labels, in a /metrics text."""
     out: dict[str, float] = {}
     for labels, value in re.findall(rf"^{name}{{([^}}]*)}} (\S+)$", text, re.M):
         key = dict(re.findall(r'(\w+)="([^"]*)"', labels)).get(label, "")
@@ -353,15 +356,16 @@ def main() -> None:
             row = {"server": label, **run_level(url, images, c, args.requests, args.cap_s)}
             if server is not None:
                 row["server_peak_rss_mb"] = round(server.memory_mb()[1], 1)
-            gpu = metric(url, "rfpipe_gpu_memory_peak_bytes")
+            text = metrics_text(url)
+            gpu = metric(text, "rfpipe_gpu_memory_peak_bytes")
             if gpu is not None:
                 row["gpu_peak_mb"] = round(gpu / (1 << 20), 1)
-            mean_batch = (metric(url, "rfpipe_batch_size_sum") or 0) / max(1, metric(url, "rfpipe_batch_size_count") or 1)
+            mean_batch = (metric(text, "rfpipe_batch_size_sum") or 0) / max(1, metric(text, "rfpipe_batch_size_count") or 1)
             row["mean_batch_so_far"] = round(mean_batch, 2)
-            row["images_by_device"] = metric_by_label(url, "rfpipe_images_total", "device")
-            row["decodes"] = metric_by_label(url, "rfpipe_decodes_total", "decoder")
-            sums = metric_by_label(url, "rfpipe_stage_duration_seconds_sum", "stage")
-            counts = metric_by_label(url, "rfpipe_stage_duration_seconds_count", "stage")
+            row["images_by_device"] = metric_by_label(text, "rfpipe_images_total", "device")
+            row["decodes"] = metric_by_label(text, "rfpipe_decodes_total", "decoder")
+            sums = metric_by_label(text, "rfpipe_stage_duration_seconds_sum", "stage")
+            counts = metric_by_label(text, "rfpipe_stage_duration_seconds_count", "stage")
             row["stage_mean_ms_so_far"] = {k: round(1000 * v / max(1.0, counts.get(k, 1.0)), 2) for k, v in sums.items()}
             rows.append(row)
             print(json.dumps(row), flush=True)
