@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import rfpipe  # noqa: E402
-from rfpipe import bench  # noqa: E402
+from rfpipe.tools import bench  # noqa: E402
 from rfpipe.samples import load_samples, sample_paths  # noqa: E402
-from rfpipe.untrained import build_packages  # noqa: E402
+from rfpipe.testing.untrained import build_packages  # noqa: E402
 
 RESOLUTION = int(os.environ.get("RESOLUTION", 384))  # Nano's own resolution
 REPS = int(os.environ.get("REPS", 30))

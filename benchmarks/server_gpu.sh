@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 python3 setup.py build_ext --inplace -q >/dev/null 2>&1 || echo "C extension build failed"
 export PYTHONPATH="${SITE:-/tmp/site}:$PWD"
-[ -f /tmp/m/checkpoint.pth ] || python3 -c "from rfpipe.untrained import build_checkpoint; build_checkpoint('/tmp/m/checkpoint.pth')"
+[ -f /tmp/m/checkpoint.pth ] || python3 -c "from rfpipe.testing.untrained import build_checkpoint; build_checkpoint('/tmp/m/checkpoint.pth')"
 B="python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 720 --max-batch 16"
 # Output lines go to stdout only (the device returns at most 8 files); each step writes its JSON to $OUT.
 log() { grep --line-buffered -v -E "UserWarning|FutureWarning|DeprecationWarning|warnings.warn"; }

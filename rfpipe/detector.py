@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from rfpipe.backends import BACKENDS, Backend, BackendUnavailable, resolve_device
+from rfpipe.backends import BACKENDS, Backend, BackendUnavailable
 from rfpipe.config import (
     CLASS_NAMES_FILE,
     CONFIG_FILE,
@@ -28,6 +28,7 @@ from rfpipe.config import (
     load_config,
 )
 from rfpipe.detections import Detections
+from rfpipe.devices import resolve_device
 from rfpipe.geometry import Overrides, PreprocessMetadata
 from rfpipe.postprocess import DEFAULT_CONFIDENCE, Confidence, class_layout, postprocess
 from rfpipe.preprocess import preprocess
@@ -131,8 +132,6 @@ class Detector:
         >>> model = Detector.load("checkpoint_best_total.pth", device="cpu")  # doctest: +SKIP
         """
         path = Path(path)
-        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailable(f"device {device} requested but CUDA is not available")
         device = resolve_device(device)
         if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
             if backend not in ("auto", "torch"):

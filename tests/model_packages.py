@@ -2,7 +2,7 @@
 
 Import the fixture into a test module: `from model_packages import packages  # noqa: F401`.
 Where RFPIPE_REQUIRE_MODELS=1 (CI), a missing rfdetr or onnxruntime fails instead of skipping.
-Resolution 320 (rfpipe.untrained.RESOLUTION); the cache lives in $RFPIPE_CACHE or ~/.cache/rfpipe.
+Resolution 320 (rfpipe.testing.untrained.RESOLUTION); the cache lives in $RFPIPE_CACHE or ~/.cache/rfpipe.
 """
 
 from __future__ import annotations
@@ -28,6 +28,6 @@ def require(module: str, why: str, flag: str):
 def packages() -> dict[str, Path]:
     require("rfdetr", "needed to build the untrained test model", "RFPIPE_REQUIRE_MODELS")
     require("onnxruntime", "the ONNX backend runs the test packages", "RFPIPE_REQUIRE_MODELS")
-    from rfpipe.untrained import cached_packages
+    from rfpipe.testing.untrained import cached_packages
 
     return cached_packages()

@@ -116,7 +116,7 @@ def test_torch_backend_unknown_model_type():
 def test_torch_float16_gives_float32_outputs_of_the_same_shape():
     pytest.importorskip("rfdetr")
     from rfpipe.backends.torch import load_checkpoint
-    from rfpipe.untrained import cached_packages
+    from rfpipe.testing.untrained import cached_packages
 
     checkpoint = cached_packages()["checkpoint"]
     full, _ = load_checkpoint(checkpoint, "cuda")
@@ -132,7 +132,7 @@ def test_onnx_cuda_io_binding_equals_cpu():
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime has no CUDA execution provider here")
     from rfpipe.backends.onnx import OnnxBackend
-    from rfpipe.untrained import cached_packages
+    from rfpipe.testing.untrained import cached_packages
 
     path = cached_packages()["stretch"] / "weights.onnx"
     batch = torch.randn(2, 3, 320, 320)

@@ -11,7 +11,7 @@ import torch
 from model_packages import packages  # noqa: F401  (session fixture)
 
 import rfpipe
-from rfpipe.cli import main
+from rfpipe.tools.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_parity_of_decoders_on_the_bundled_samples(packages, tmp_path, capsys): 
 def test_frame_drift_counts_differences():
     from types import SimpleNamespace
 
-    from rfpipe.parity import FrameDrift
+    from rfpipe.tools.parity import FrameDrift
 
     side = SimpleNamespace(decoder="opencv", detector=SimpleNamespace(device="cpu"))
     drift = FrameDrift(side, side)

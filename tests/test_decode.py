@@ -1,4 +1,4 @@
-"""rfpipe.decode: frames equal OpenCV's imdecode (the inference server's decode), header limits, clear errors."""
+"""rfpipe.io.decode: frames equal OpenCV's imdecode (the inference server's decode), header limits, clear errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from conftest import jpeg_with_orientation
 from PIL import Image
 
-from rfpipe.decode import (
+from rfpipe.io.decode import (
     CorruptImageError,
     EmptyImageError,
     ImageTooLargeError,

@@ -1,4 +1,4 @@
-"""rfpipe.gpu_decode and rfpipe.decode.exif_orientation: OpenCV's geometry, BGR, limits, CPU fallback.
+"""rfpipe.io.gpu and rfpipe.io.decode.exif_orientation: OpenCV's geometry, BGR, limits, CPU fallback.
 
 The device decoder runs here on the CPU (torchvision's libjpeg-turbo) through the same code path
 as on CUDA; the nvJPEG tests at the end need a GPU.
@@ -23,14 +23,14 @@ from PIL import Image
 from table_apply import run_beside
 
 import rfpipe
-from rfpipe.decode import (
+from rfpipe.io.decode import (
     CorruptImageError,
     ImageTooLargeError,
     decode_image,
     exif_orientation,
     jpeg_components,
 )
-from rfpipe.gpu_decode import (
+from rfpipe.io.gpu import (
     DeviceDecodeDeclined,
     check_device_decoder,
     decode_for_device,

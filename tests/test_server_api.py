@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from server_support import FakeDetector
 
 import rfpipe
-from rfpipe.gpu_decode import decode_jpeg_on_device
+from rfpipe.io.gpu import decode_jpeg_on_device
 from rfpipe.server import ServerSettings, create_app
 
 MODEL = "pets/3"

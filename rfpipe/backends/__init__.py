@@ -27,13 +27,5 @@ class Backend(Protocol):
     def __call__(self, batch: _torch.Tensor) -> tuple[_torch.Tensor, _torch.Tensor]: ...
 
 
-def resolve_device(device: str | _torch.device) -> _torch.device:
-    """`torch.device`, with a bare 'cuda' pinned to the current CUDA device (tensors report 'cuda:N')."""
-    device = _torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = _torch.device("cuda", _torch.cuda.current_device())
-    return device
-
-
 class BackendUnavailable(RuntimeError):
     """The runtime a backend needs is not installed or cannot run on the requested device."""

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rfpipe.backends import BackendUnavailable, resolve_device
+from rfpipe.backends import BackendUnavailable
+from rfpipe.devices import resolve_device
 
 # rfdetr's exporter names its outputs; older exports are read by position (boxes first).
 BOXES_OUTPUT, LOGITS_OUTPUT = "dets", "labels"

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from rfpipe.backends import BackendUnavailable, resolve_device
+from rfpipe.backends import BackendUnavailable
+from rfpipe.devices import resolve_device
 
 BOXES_OUTPUT, LOGITS_OUTPUT = "dets", "labels"
 

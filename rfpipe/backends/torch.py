@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from rfpipe.backends import BackendUnavailable, resolve_device
+from rfpipe.backends import BackendUnavailable
+from rfpipe.devices import resolve_device
 
 logger = logging.getLogger("rfpipe")
 

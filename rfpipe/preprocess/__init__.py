@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from rfpipe.config import ModelConfig
+from rfpipe.devices import resolve_device
 from rfpipe.geometry import Overrides, PreprocessMetadata, plan_image, resolve_target_size
 from rfpipe.preprocess.inputs import to_frames
 
@@ -35,26 +36,6 @@ def _color_format(value: Any) -> str:
     if value not in ("bgr", "rgb"):
         raise ValueError(f"input_color_format must be 'bgr', 'rgb' or None (meaning bgr), got {value!r}")
     return value
-
-
-def _device(value: Any) -> torch.device:
-    try:
-        device = torch.device(value)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"unknown device {value!r}") from error
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {value!r}: rfpipe runs on 'cpu' or 'cuda'")
-    # Checked up front: otherwise the whole batch is preprocessed before torch's error surfaces.
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {value!r}: CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {value!r}: no such GPU (this machine has {torch.cuda.device_count()})"
-            )
-        if device.index is None:  # a bare "cuda" means the current GPU; an index keeps stream lookups cheap
-            device = torch.device("cuda", torch.cuda.current_device())
-    return device
 
 
 @functools.lru_cache(maxsize=1)
@@ -112,7 +93,7 @@ def preprocess(
     if not isinstance(config, ModelConfig):
         raise TypeError(f"config must be an rfpipe.ModelConfig, got {type(config).__name__}")
     color_format = _color_format(input_color_format)
-    device = _device(device)
+    device = resolve_device(device)
     run = resolve_implementation(implementation, device)
     target = resolve_target_size(config, image_size)
     frames = to_frames(images)

@@ -30,9 +30,9 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import rfpipe
-from rfpipe.decode import DecodeError, decode_image, read_header
+from rfpipe.io.decode import DecodeError, decode_image, read_header
 from rfpipe.geometry import Overrides
-from rfpipe.gpu_decode import check_device_decoder, decode_for_device
+from rfpipe.io.gpu import check_device_decoder, decode_for_device
 from rfpipe.server.batching import Batcher, Job, QueueFull
 from rfpipe.server.errors import ApiError, from_decode_error
 from rfpipe.server.images import decode_base64, payload_bytes

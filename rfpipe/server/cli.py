@@ -1,6 +1,6 @@
 """`rfpipe serve MODEL ...`: load one detector per worker and serve them with uvicorn.
 
-`rfpipe.cli` forwards the arguments after `serve` to `main(argv)`. With `--processes N` (N > 1)
+`rfpipe.tools.cli` forwards the arguments after `serve` to `main(argv)`. With `--processes N` (N > 1)
 rfpipe.server.processes runs N such servers on one listening socket.
 """
 
@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rfpipe.decode import DEFAULT_MAX_PIXELS
+from rfpipe.io.decode import DEFAULT_MAX_PIXELS
 from rfpipe.server.settings import ServerSettings, decode_device
 
 logger = logging.getLogger("rfpipe.server")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rfpipe.decode import (
+from rfpipe.io.decode import (
     CorruptImageError,
     DecodeError,
     EmptyImageError,

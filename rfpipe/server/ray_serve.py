@@ -25,7 +25,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from rfpipe.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
+from rfpipe.io.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from rfpipe.geometry import Overrides
 from rfpipe.server.app import options_from_request, response_for
 from rfpipe.server.batching import infer_batch

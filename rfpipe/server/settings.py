@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from rfpipe.decode import DEFAULT_MAX_PIXELS
+from rfpipe.io.decode import DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class ServerSettings:
 def decode_device(settings: ServerSettings, devices: list[str]) -> str | None:
     """Where JPEG is decoded under `settings.gpu_decode` (None: OpenCV on the CPU), serving on `devices`.
 
-    torchvision keeps one nvJPEG decoder per process, for one device (rfpipe.gpu_decode), so all
+    torchvision keeps one nvJPEG decoder per process, for one device (rfpipe.io.gpu), so all
     decoding happens on the first CUDA device; workers on other devices copy the frames over.
     Raises ValueError when --gpu-decode is asked for and the server does not serve on CUDA.
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rfpipe.decode import OPENCV_MAX_PIXELS, decode_image
+from rfpipe.io.decode import OPENCV_MAX_PIXELS, decode_image
 from rfpipe.detector import Detector
 
 STAGES = ("decode", "preprocess", "forward", "postprocess")
@@ -29,7 +29,7 @@ def _sync(device: torch.device) -> None:
 
 
 def decode(data: bytes) -> np.ndarray:
-    """Encoded image bytes -> BGR uint8 frame, decoded as the server decodes (rfpipe.decode)."""
+    """Encoded image bytes -> BGR uint8 frame, decoded as the server decodes (rfpipe.io.decode)."""
     return decode_image(data, max_pixels=OPENCV_MAX_PIXELS)
 
 

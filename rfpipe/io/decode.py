@@ -7,7 +7,7 @@ header and checked against a pixel limit: a few kilobytes of PNG or JPEG can dec
 (decompression bombs). Only JPEG, PNG, BMP, WebP and TIFF are accepted; for each of them the size
 is read by a small parser below, so no format reaches the decoder without passing the limit.
 `exif_orientation` reads a JPEG's orientation as OpenCV reads it, for decoders that must apply it
-themselves (`rfpipe.gpu_decode`).
+themselves (`rfpipe.io.gpu`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The demo: detect objects in the bundled photos with an UNTRAINED RF-DETR Nano, stage by stage.
 
-Run with `./dev demo` (or `python -m rfpipe.demo`). No trained weights can be downloaded here, so
+Run with `./dev demo` (or `python -m rfpipe.tools.demo`). No trained weights can be downloaded here, so
 the model is randomly initialised (built offline with rfdetr, cached): its boxes are arbitrary.
 What the demo shows is the pipeline: each preprocessing implementation's time and its bit-exactness
 against the reference, forward and post-processing times, and annotated images in out/demo/.
@@ -16,9 +16,9 @@ import cv2
 import torch
 
 import rfpipe
-from rfpipe.predict import annotate
+from rfpipe.tools.predict import annotate
 from rfpipe.samples import load_samples
-from rfpipe.untrained import RESOLUTION, cached_packages
+from rfpipe.testing.untrained import RESOLUTION, cached_packages
 
 PACKAGE = "letterbox"  # two-step preprocessing: OpenCV letterbox to 640x480, then Pillow to 320x320
 OUT_DIR = Path("out/demo")

@@ -45,7 +45,7 @@ def _load(args: argparse.Namespace, backend: str | None = None):
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from rfpipe.predict import find_inputs, run_predict
+    from rfpipe.tools.predict import find_inputs, run_predict
 
     inputs = find_inputs(args.inputs)
     if not inputs:
@@ -61,7 +61,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _sample_or_folder(folder: Path | None) -> list[Path]:
-    from rfpipe.predict import IMAGE_SUFFIXES
+    from rfpipe.tools.predict import IMAGE_SUFFIXES
     from rfpipe.samples import sample_paths
 
     if folder is None:
@@ -84,7 +84,7 @@ def _implementations(value: str | None, device: str) -> list[str]:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from rfpipe import bench
+    from rfpipe.tools import bench
 
     detector = _load(args)
     encoded = [p.read_bytes() for p in _sample_or_folder(args.images)]
@@ -110,7 +110,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _parity(args: argparse.Namespace) -> int:
-    from rfpipe import parity
+    from rfpipe.tools import parity
 
     side_a, side_b = parity.make_sides(args.model, args.a, args.b, args.device, args.backend, args.implementation,
                                        **_backend_options(args))

@@ -1,6 +1,6 @@
 """JPEG bytes -> BGR uint8 frames decoded on a torch device (`rfpipe serve --gpu-decode`). Not exact.
 
-`rfpipe.decode` decodes as the inference server does (OpenCV's `imdecode`, libjpeg-turbo), so its
+`rfpipe.io.decode` decodes as the inference server does (OpenCV's `imdecode`, libjpeg-turbo), so its
 frames are the reference's frames byte for byte. This module is the optional route for JPEG on a
 GPU: torchvision's `decode_jpeg` with nvJPEG, straight into device memory, so the frame is never
 staged on the host nor copied to the device. nvJPEG's IDCT and chroma upsampling are not
@@ -12,7 +12,7 @@ measurements use it (it matched OpenCV's bytes on the bundled samples; nothing g
 
 The geometry is kept: a frame has the shape and orientation OpenCV's frame has. torchvision's
 CUDA decoder ignores `apply_exif_orientation`, so the orientation is read the way OpenCV reads it
-(`rfpipe.decode.exif_orientation`) and applied here with one flip and a transpose (`orient`), on
+(`rfpipe.io.decode.exif_orientation`) and applied here with one flip and a transpose (`orient`), on
 every device alike.
 
 What the device decoder does not take goes to `decode_image` on the CPU (`decode_for_device`):
@@ -49,8 +49,8 @@ import cv2
 import numpy as np
 import torch
 
-from rfpipe.backends import resolve_device
-from rfpipe.decode import (
+from rfpipe.devices import resolve_device
+from rfpipe.io.decode import (
     DEFAULT_MAX_PIXELS,
     CorruptImageError,
     checked_header,
@@ -61,7 +61,7 @@ from rfpipe.decode import (
 
 __all__ = ["DeviceDecodeDeclined", "check_device_decoder", "decode_for_device", "decode_jpeg_on_device", "orient"]
 
-logger = logging.getLogger("rfpipe.gpu_decode")
+logger = logging.getLogger("rfpipe.io.gpu")
 
 _EOI = b"\xff\xd9"
 
@@ -80,7 +80,7 @@ _ORIENTATIONS = {
 
 
 class DeviceDecodeDeclined(Exception):
-    """The device decoder does not take these bytes; `rfpipe.decode.decode_image` decodes them on the CPU."""
+    """The device decoder does not take these bytes; `rfpipe.io.decode.decode_image` decodes them on the CPU."""
 
 
 def orient(frame: torch.Tensor, orientation: int, swap_channels: bool = False) -> torch.Tensor:

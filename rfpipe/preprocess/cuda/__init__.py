@@ -66,6 +66,7 @@ import numpy as np
 import torch
 
 from rfpipe.config import ModelConfig
+from rfpipe.devices import resolve_device
 from rfpipe.geometry import ImagePlan
 from rfpipe.preprocess import adjust
 from rfpipe.preprocess.float_tensor import preprocess_float_tensor
@@ -483,18 +484,11 @@ _failures: dict[torch.device, str] = {}
 _runtimes_lock = threading.Lock()
 
 
-def _cuda_device(device: torch.device | str) -> torch.device:
-    device = torch.device(device)
-    if device.type != "cuda":
-        raise ValueError(f"the cuda implementation needs a CUDA device, got {device}")
-    if device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
 def _runtime(device: torch.device | str) -> _Runtime:
     try:
-        device = _cuda_device(device)
+        device = resolve_device(device)
+        if device.type != "cuda":
+            raise ValueError(f"the cuda implementation needs a CUDA device, got {device}")
     except Exception as error:  # not a CUDA device, or no GPU at all
         raise RuntimeError(f"rfpipe cuda preprocessing is unavailable on {device}: {error}") from error
     runtime = _runtimes.get(device)

@@ -3,7 +3,7 @@
 A side is an implementation ('reference', 'cpu', 'cuda', or 'torchvision': the seed PR's tensor path,
 torchvision's antialiased float resize, not exact, kept as a comparator; it has float-tensor
 stretch semantics) or a backend ('onnx', 'torch', 'tensorrt'), optionally followed by a decoder:
-'+opencv' (the default: rfpipe.decode, the reference's own decode) or '+gpu-decode' (what
+'+opencv' (the default: rfpipe.io.decode, the reference's own decode) or '+gpu-decode' (what
 `rfpipe serve --gpu-decode` does: JPEG decoded by torchvision on the parity device, nvJPEG on
 CUDA, torchvision's libjpeg-turbo on the CPU; other formats and declined JPEG by OpenCV on both
 sides). `--a cuda --b cuda+gpu-decode` measures what --gpu-decode costs in exactness.
@@ -30,7 +30,7 @@ import torch
 from rfpipe.backends import BACKENDS
 from rfpipe.detections import Detections
 from rfpipe.detector import Detector
-from rfpipe.predict import read_image
+from rfpipe.tools.predict import read_image
 from rfpipe.preprocess import IMPLEMENTATIONS
 
 IMPLEMENTATION_SIDES = (*IMPLEMENTATIONS, "torchvision")

@@ -19,10 +19,10 @@ import cv2
 import numpy as np
 import torch
 
-from rfpipe.decode import OPENCV_MAX_PIXELS, DecodeError, decode_image
+from rfpipe.io.decode import OPENCV_MAX_PIXELS, DecodeError, decode_image
 from rfpipe.detections import Detections
 from rfpipe.detector import Detector
-from rfpipe.gpu_decode import decode_for_device
+from rfpipe.io.gpu import decode_for_device
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -44,10 +44,10 @@ def find_inputs(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def read_image(path: Path, gpu_decode_device: str | torch.device | None = None) -> np.ndarray | torch.Tensor:
-    """BGR uint8 frame decoded as the server decodes it (rfpipe.decode: OpenCV, colour, EXIF orientation).
+    """BGR uint8 frame decoded as the server decodes it (rfpipe.io.decode: OpenCV, colour, EXIF orientation).
 
     With `gpu_decode_device`, decoded as `rfpipe serve --gpu-decode` decodes it: JPEG by torchvision
-    into a tensor on that device (not bit-exact), other formats by OpenCV (rfpipe.gpu_decode).
+    into a tensor on that device (not bit-exact), other formats by OpenCV (rfpipe.io.gpu).
     """
     data = Path(path).read_bytes()
     try:

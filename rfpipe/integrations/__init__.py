@@ -1,0 +1,2 @@
+"""rfpipe inside other packages: `inference_models` makes inference-models' RF-DETR models preprocess
+through rfpipe."""
