@@ -12,7 +12,7 @@ import dataclasses
 import importlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ from rfpipe.config import (
 )
 from rfpipe.detections import Detections
 from rfpipe.devices import resolve_device
+from rfpipe.engine import Engine, ItemError
+from rfpipe.engine import stream as engine_stream
 from rfpipe.geometry import Overrides, PreprocessMetadata
 from rfpipe.postprocess import DEFAULT_CONFIDENCE, Confidence, class_layout, postprocess
 from rfpipe.preprocess import preprocess
@@ -211,6 +213,35 @@ class Detector:
         )
         logits, boxes = self.forward(batch)
         return self.postprocess(logits, boxes, metadata, confidence)
+
+    def stream(
+        self,
+        items: Iterable[Any],
+        *,
+        confidence: Confidence | None = None,
+        input_color_format: str | None = "bgr",
+        overrides: Overrides | None = None,
+        max_batch: int = 8,
+        max_wait_ms: float = 2.0,
+        batch_policy: str = "dynamic",
+        errors: str = "yield",
+    ) -> Iterator[Detections | ItemError]:
+        """Detections for each item of `items` (frames or encoded image bytes), in input order.
+
+        Items are batched internally (`max_batch`, `max_wait_ms`, `batch_policy`: see `rfpipe.engine`).
+        A bad item yields an `ItemError` naming its index and problem in its place and the stream goes
+        on (`errors="raise"` raises it instead).
+
+        >>> for detections in model.stream(frames, confidence=0.5):  # doctest: +SKIP
+        ...     print(len(detections.xyxy))
+        """
+        engine = Engine(self, max_batch=max_batch, max_wait_ms=max_wait_ms, batch_policy=batch_policy,
+                        queue_size=max(256, 4 * max_batch))
+        try:
+            yield from engine_stream(engine, items, errors=errors, confidence=confidence,
+                                     input_color_format=input_color_format, overrides=overrides)
+        finally:
+            engine.close(drain=False)
 
     def __repr__(self) -> str:
         size = self.config.training_size

@@ -1,0 +1,372 @@
+"""The engine: one bounded queue of images in, batches through a detector, one future per image out.
+
+`Detector.stream`, the HTTP server and the video streams all submit here. An item is a decoded
+frame (uint8 HWC numpy array or tensor, as `rfpipe.preprocess` takes) or encoded image bytes,
+which a thread pool decodes exactly as `rfpipe.io.decode.decode_image` does (OpenCV, EXIF
+orientation, pixel limits) before the item joins a batch. A worker thread takes up to `max_batch`
+items, waiting at most `max_wait_ms` after the oldest, and runs preprocess -> forward ->
+postprocess on them as one batch; items may differ in overrides, colour format and confidence.
+
+Batch policies:
+- ``"dynamic"``: a batch runs at the size that arrived. Fastest at low load, but on GPUs the network's
+  kernels change with the batch size, so an image's raw outputs may differ in the last bits by what
+  else was in its batch.
+- ``"fixed"``: every batch is padded to `max_batch` rows (the padding's outputs are dropped). RF-DETR's
+  rows do not interact at inference, so an image's answer is computed by the same kernels at the
+  same shape whatever else arrived: answers do not depend on the batch's composition.
+
+An item that fails (bytes that do not decode, a frame preprocessing refuses, a batch whose forward
+raises) gets its own exception on its own future; the other items of its batch are retried alone,
+so one bad image cannot fail its neighbours.
+
+>>> engine = Engine(detector, max_batch=8)  # doctest: +SKIP
+>>> engine.submit(frame_bgr, confidence=0.5).result()  # doctest: +SKIP
+Detections(...)
+>>> engine.close()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rfpipe.geometry import Overrides
+
+logger = logging.getLogger("rfpipe")
+
+BATCH_POLICIES = ("dynamic", "fixed")
+ENCODED = (bytes, bytearray, memoryview)
+
+
+class QueueFull(RuntimeError):
+    """The engine's bounded queue has no room for another item (submit with block=False)."""
+
+
+class EngineClosed(RuntimeError):
+    """The engine was closed: it takes no new items, and items it dropped get this error."""
+
+
+@dataclass(eq=False)
+class _Item:
+    frame: Any
+    confidence: Any
+    overrides: Overrides
+    color: str | None
+    image_size: Any
+    future: Future
+    enqueued: float = field(default_factory=time.monotonic)
+
+    def group(self) -> tuple:
+        size = tuple(self.image_size) if isinstance(self.image_size, (list, tuple)) else self.image_size
+        return (self.overrides, self.color, size)
+
+
+def _groups(keys: Sequence[Any]) -> dict[Any, list[int]]:
+    """Positions of each distinct key, in order of first appearance."""
+    groups: dict[Any, list[int]] = {}
+    for position, key in enumerate(keys):
+        groups.setdefault(key, []).append(position)
+    return groups
+
+
+def _confidence_key(confidence: Any) -> Any:
+    return tuple(sorted(confidence.items())) if isinstance(confidence, dict) else confidence
+
+
+class Engine:
+    """Batches submitted images through `detector` on a worker thread; `submit` returns a future.
+
+    `detector` is an `rfpipe.Detector` (anything with its `preprocess`, `forward` and `postprocess`).
+    `queue_size` bounds the items admitted and not yet finished (decoding, queued or running).
+
+    >>> with Engine(detector, max_batch=4, batch_policy="fixed") as engine:  # doctest: +SKIP
+    ...     futures = [engine.submit(f) for f in frames]
+    ...     detections = [f.result() for f in futures]
+    """
+
+    def __init__(
+        self,
+        detector: Any,
+        *,
+        max_batch: int = 8,
+        max_wait_ms: float = 2.0,
+        queue_size: int = 256,
+        batch_policy: str = "dynamic",
+        decode_threads: int | None = None,
+        max_pixels: int | None = None,
+        implementation: str = "auto",
+    ):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        if queue_size < max_batch:
+            raise ValueError(f"queue_size ({queue_size}) must be at least max_batch ({max_batch})")
+        if batch_policy not in BATCH_POLICIES:
+            raise ValueError(f"batch_policy must be one of {BATCH_POLICIES}, got {batch_policy!r}")
+        self.detector = detector
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.queue_size = queue_size
+        self.batch_policy = batch_policy
+        self.implementation = implementation
+        self._max_pixels = max_pixels
+        self._decode_threads = decode_threads or min(16, os.cpu_count() or 1)
+        self._decoder: ThreadPoolExecutor | None = None
+        self._queue: deque[_Item] = deque()
+        self._admitted = 0  # items admitted and not finished
+        self._cond = threading.Condition()
+        self._closed = False
+        self._stopping = False
+        self._worker = threading.Thread(target=self._work, name="rfpipe-engine", daemon=True)
+        self._worker.start()
+
+    # -- submitting -------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        item: Any,
+        *,
+        confidence: Any = None,
+        overrides: Overrides | None = None,
+        input_color_format: str | None = "bgr",
+        image_size: int | tuple[int, int] | None = None,
+        block: bool = True,
+        timeout: float | None = None,
+    ) -> Future:
+        """Queue one image (a frame, or encoded bytes); the future gets its `Detections` or its error.
+
+        With the queue full, `block=True` waits for room (up to `timeout` seconds, then `QueueFull`);
+        `block=False` raises `QueueFull` at once. A closed engine raises `EngineClosed`.
+        """
+        future: Future = Future()
+        entry = _Item(item, confidence, overrides or Overrides(), input_color_format, image_size, future)
+        self._admit(block, timeout)
+        future.add_done_callback(self._finished)
+        if isinstance(item, ENCODED):
+            try:
+                self._pool().submit(self._decode_then_queue, entry)
+            except RuntimeError as error:  # the pool shut down under us: the engine is closing
+                future.set_exception(EngineClosed(f"the engine is closed ({error})"))
+        else:
+            self._enqueue(entry)
+        return future
+
+    def _admit(self, block: bool, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise EngineClosed("the engine is closed and takes no new items")
+                if self._admitted < self.queue_size:
+                    self._admitted += 1
+                    return
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if not block or (remaining is not None and remaining <= 0):
+                    raise QueueFull(f"the engine's queue holds {self._admitted} of {self.queue_size} images")
+                self._cond.wait(remaining)
+
+    def _finished(self, _future: Future) -> None:
+        with self._cond:
+            self._admitted -= 1
+            self._cond.notify_all()
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._cond:
+            if self._decoder is None:
+                self._decoder = ThreadPoolExecutor(self._decode_threads, thread_name_prefix="rfpipe-decode")
+            return self._decoder
+
+    def _decode_then_queue(self, entry: _Item) -> None:
+        from rfpipe.io.decode import decode_image
+
+        try:
+            options = {} if self._max_pixels is None else {"max_pixels": self._max_pixels}
+            entry.frame = decode_image(entry.frame, **options)
+        except Exception as error:
+            entry.future.set_exception(error)
+            return
+        self._enqueue(entry)
+
+    def _enqueue(self, entry: _Item) -> None:
+        with self._cond:
+            if self._stopping:
+                entry.future.set_exception(EngineClosed("the engine closed before this image ran"))
+                return
+            self._queue.append(entry)
+            self._cond.notify_all()
+
+    # -- state ------------------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Items admitted and not yet finished."""
+        return self._admitted
+
+    @property
+    def alive(self) -> bool:
+        return self._worker.is_alive()
+
+    def close(self, *, drain: bool = True, timeout: float | None = None) -> None:
+        """Take no new items; with `drain`, finish every admitted item first (up to `timeout` s).
+
+        Items still waiting when the engine stops get `EngineClosed`.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._closed = True
+            while drain and self._admitted > 0:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            self._stopping = True
+            self._cond.notify_all()
+        if self._decoder is not None:
+            self._decoder.shutdown(wait=True, cancel_futures=True)
+        self._worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            left = list(self._queue)
+            self._queue.clear()
+        for entry in left:
+            if not entry.future.done():
+                entry.future.set_exception(EngineClosed("the engine closed before this image ran"))
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- the worker -------------------------------------------------------------------------------
+
+    def _take(self) -> list[_Item] | None:
+        with self._cond:
+            while True:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if self._stopping and not self._queue:
+                    return None
+                deadline = self._queue[0].enqueued + self.max_wait_s
+                while len(self._queue) < self.max_batch and not self._stopping:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                batch = []
+                while self._queue and len(batch) < self.max_batch:
+                    entry = self._queue.popleft()
+                    if entry.future.set_running_or_notify_cancel():
+                        batch.append(entry)
+                if batch:
+                    return batch
+
+    def _work(self) -> None:
+        with torch.inference_mode():
+            while (batch := self._take()) is not None:
+                self._run(batch)
+
+    def _run(self, batch: list[_Item]) -> None:
+        try:
+            results = self.infer([e.frame for e in batch], [e.group() for e in batch],
+                                 [e.confidence for e in batch])
+        except Exception as error:
+            if len(batch) > 1:  # find the image that fails; the others still get their answers
+                logger.warning("rfpipe engine: a batch of %d failed (%r); retrying its images alone", len(batch), error)
+                for entry in batch:
+                    self._run([entry])
+                return
+            batch[0].future.set_exception(error)
+            return
+        for entry, result in zip(batch, results, strict=True):
+            entry.future.set_result(result)
+
+    def infer(self, frames: list[Any], groups: list[tuple], confidences: list[Any]) -> list[Any]:
+        """Detections for each frame as one forward pass; `groups[i]` = (overrides, colour, image_size)."""
+        detector = self.detector
+        order: list[int] = []
+        parts, metadata = [], []
+        for (overrides, color, size), positions in _groups(groups).items():
+            batch, meta = detector.preprocess([frames[i] for i in positions], input_color_format=color,
+                                              overrides=overrides, image_size=size,
+                                              implementation=self.implementation, synchronize=False)
+            parts.append(batch)
+            metadata.extend(meta)
+            order.extend(positions)
+        batch = parts[0] if len(parts) == 1 else torch.cat(parts)
+        rows = batch.shape[0]
+        if self.batch_policy == "fixed" and rows < self.max_batch:
+            padding = batch.new_zeros((self.max_batch - rows, *batch.shape[1:]))
+            batch = torch.cat([batch, padding])
+        logits, boxes = detector.forward(batch)
+        logits, boxes = logits[:rows], boxes[:rows]
+        results: list[Any] = [None] * len(frames)
+        ordered = [confidences[i] for i in order]
+        for key, positions in _groups([_confidence_key(c) for c in ordered]).items():
+            confidence = ordered[positions[0]]
+            options = {} if confidence is None else {"confidence": confidence}
+            if len(positions) == rows:
+                detections = detector.postprocess(logits, boxes, metadata, **options)
+            else:
+                index = torch.tensor(positions, device=logits.device)
+                detections = detector.postprocess(logits.index_select(0, index), boxes.index_select(0, index),
+                                                  [metadata[p] for p in positions], **options)
+            for position, detection in zip(positions, detections, strict=True):
+                results[order[position]] = detection
+        return results
+
+
+class ItemError(Exception):
+    """The error of one item of `Detector.stream`: which item (its index) and what went wrong."""
+
+    def __init__(self, index: int, cause: BaseException):
+        super().__init__(f"item {index}: {type(cause).__name__}: {cause}")
+        self.index = index
+        self.cause = cause
+
+
+def stream(
+    engine: Engine,
+    items: Any,
+    *,
+    errors: str = "yield",
+    window: int | None = None,
+    **options: Any,
+):
+    """Yield each item's result in input order while keeping up to `window` items in the engine.
+
+    `errors="yield"` yields an `ItemError` in place of a failed item's detections and goes on;
+    `errors="raise"` raises it. `options` go to `Engine.submit` (confidence, overrides, ...).
+    """
+    if errors not in ("yield", "raise"):
+        raise ValueError(f"errors must be 'yield' or 'raise', got {errors!r}")
+    window = window or 4 * engine.max_batch
+    pending: deque[tuple[int, Future]] = deque()
+
+    def result(index: int, future: Future) -> Any:
+        try:
+            return future.result()
+        except Exception as error:
+            wrapped = ItemError(index, error)
+            if errors == "raise":
+                raise wrapped from error
+            return wrapped
+
+    for index, item in enumerate(items):
+        if len(pending) >= window:
+            yield result(*pending.popleft())
+        pending.append((index, engine.submit(item, **options)))
+    while pending:
+        yield result(*pending.popleft())
+
+
+__all__: list[str] = ["BATCH_POLICIES", "Engine", "EngineClosed", "ItemError", "QueueFull", "stream"]
