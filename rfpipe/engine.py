@@ -311,7 +311,7 @@ class Engine:
         logits, boxes = logits[:rows], boxes[:rows]
         results: list[Any] = [None] * len(frames)
         ordered = [confidences[i] for i in order]
-        for key, positions in _groups([_confidence_key(c) for c in ordered]).items():
+        for positions in _groups([_confidence_key(c) for c in ordered]).values():
             confidence = ordered[positions[0]]
             options = {} if confidence is None else {"confidence": confidence}
             if len(positions) == rows:
