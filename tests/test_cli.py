@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import cv2
 import numpy as np
@@ -207,3 +208,15 @@ def test_serve_is_forwarded_to_the_server_cli(monkeypatch):
     monkeypatch.setitem(sys.modules, "rfpipe.server.cli", module)
     main(["serve", "pkg", "--port", "9001"])
     assert seen["argv"] == ["pkg", "--port", "9001"]
+
+
+def test_predict_says_which_model_ran(packages, images, tmp_path, capsys):  # noqa: F811
+    main(["predict", str(packages["stretch"]), str(images / "coffee.png"), "--device", "cpu", "--quiet"])
+    assert "the UNTRAINED RF-DETR Nano" in capsys.readouterr().err
+    given = tmp_path / "my-package"  # the same files outside rfpipe's cache: rfpipe cannot tell, so says "as given"
+    given.mkdir()
+    for name in ("inference_config.json", "class_names.txt", "weights.onnx"):
+        os.link(packages["stretch"] / name, given / name)
+    main(["predict", str(given), str(images / "coffee.png"), "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert f"model: {given}, as given" in err and "UNTRAINED" not in err

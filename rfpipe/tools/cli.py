@@ -45,7 +45,7 @@ def _load(args: argparse.Namespace, backend: str | None = None):
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from rfpipe.tools.predict import find_inputs, run_predict
+    from rfpipe.tools.predict import describe_model, find_inputs, run_predict
 
     inputs = find_inputs(args.inputs)
     if not inputs:
@@ -53,6 +53,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.out is None and not args.json:
         args.json = True  # nothing would be written otherwise
     detector = _load(args)
+    print(describe_model(args.model, detector), file=sys.stderr)
     count = run_predict(detector, inputs, args.out, args.json, progress=not args.quiet, confidence=args.confidence,
                         implementation=args.implementation)
     if args.out is not None and not args.quiet:

@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 import torch
 
-from rfpipe.io.decode import OPENCV_MAX_PIXELS, DecodeError, decode_image
 from rfpipe.detections import Detections
 from rfpipe.detector import Detector
+from rfpipe.io.decode import OPENCV_MAX_PIXELS, DecodeError, decode_image
 from rfpipe.io.gpu import decode_for_device
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -56,6 +56,21 @@ def read_image(path: Path, gpu_decode_device: str | torch.device | None = None) 
         return decode_image(data, max_pixels=OPENCV_MAX_PIXELS)
     except DecodeError as error:
         raise ValueError(f"{path}: cannot decode this file as an image ({error})") from error
+
+
+def describe_model(path: str | Path, detector: Detector) -> str:
+    """One line naming the model that ran, saying plainly when it is rfpipe's untrained Nano.
+
+    >>> describe_model("my-package", Detector.load("my-package"))  # doctest: +SKIP
+    "model: my-package (Detector(backend='onnx', ...)); classes: a, b"
+    """
+    from rfpipe.testing.untrained import default_cache_dir
+
+    resolved = Path(path).resolve()
+    cache = default_cache_dir().resolve()
+    untrained = resolved.is_relative_to(cache) and resolved.relative_to(cache).parts[0].startswith("untrained-nano-")
+    what = "the UNTRAINED RF-DETR Nano (random weights: arbitrary boxes)" if untrained else "as given"
+    return f"model: {path}, {what} ({detector!r}); classes: {', '.join(detector.class_names)}"
 
 
 def inference_response(detections: Detections, image: np.ndarray, seconds: float) -> dict[str, Any]:
