@@ -2,8 +2,8 @@
 # The trained RF-DETR Nano on the GPU machine, in two device commands (see README.md beside this file):
 #   bash benchmarks/train/run_device.sh train   # dataset + ~6 min training + weight parts, curve, val mAP -> $OUT
 #   bash benchmarks/train/run_device.sh check   # parts in .carry/train/parts -> packages -> mAP check -> $OUT
-# Material is read from .carry/train (benchmarks/train/fetch_material.sh), wheels from .whl
-# (benchmarks/train/fetch_wheels.sh). Toy-scale knobs: MATERIAL, PARTS, TRAIN_IMAGES, VAL_IMAGES, TEST_IMAGES,
+# Material is read from .carry/train (benchmarks/train/fetch_material.sh), wheels from .carry/train/whl
+# or .whl (benchmarks/train/fetch_wheels.sh). Toy-scale knobs: MATERIAL, PARTS, TRAIN_IMAGES, VAL_IMAGES, TEST_IMAGES,
 # TRAIN_ARGS, EVAL_ARGS (extra flags of train.py / evaluate.py). TRAIN_SECONDS (default 360) bounds training; it also stops by
 # START+STOP_AFTER seconds (default 440) so the command ends inside the device's 10-minute limit.
 set -uo pipefail
@@ -15,8 +15,8 @@ OUT=${OUT:?OUT must be set (the device sets it)}
 MAT=${MATERIAL:-.carry/train}
 wheels=()
 for name in rfdetr pydeprecate supervision defusedxml pydantic pydantic_core annotated_types typing_inspection pycocotools; do
-  w=$(ls .whl 2>/dev/null | grep -i "^${name}-[0-9]" | head -1)
-  [ -n "$w" ] && wheels+=(".whl/$w") || echo "no wheel for $name in .whl (fine if the image has it)"
+  w=$(ls "$MAT/whl"/* .whl/* 2>/dev/null | grep -i "/${name}-[0-9]" | head -1)
+  [ -n "$w" ] && wheels+=("$w") || echo "no wheel for $name in $MAT/whl or .whl (fine if the image has it)"
 done
 if [ ${#wheels[@]} -gt 0 ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${wheels[@]}" || exit 1

@@ -91,6 +91,16 @@ def load_split(data: Path, split: str, cfgs: dict, device: torch.device, modes: 
     return torch.stack(order(tensors)), order(targets), order(rows)
 
 
+def _float(value):
+    if torch.is_tensor(value):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: _float(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_float(v) for v in value)
+    return value
+
+
 def build_model(resolution: int, device: torch.device):
     rfdetr = import_rfdetr()
     from rfdetr.config import TrainConfig
@@ -111,8 +121,7 @@ def evaluate(module: torch.nn.Module, batch: torch.Tensor, rows: list, config: r
     module.eval()
     predictions = []
     for start in range(0, len(batch), chunk):
-        with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=batch.device.type == "cuda"):
-            out = module(batch[start:start + chunk].float())
+        out = module(batch[start:start + chunk].float())  # float32, as the packages run
         metas = [r[4] for r in rows[start:start + chunk]]
         dets = rfpipe.postprocess(out["pred_logits"].float(), out["pred_boxes"].float(), metas, config, confidence=0.0)
         for r, d in zip(rows[start:start + chunk], dets, strict=True):
@@ -158,7 +167,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--seconds", type=float, default=420, help="training time budget (data loading excluded)")
+    parser.add_argument("--seconds", type=float, default=420,
+                        help="training time budget, validation passes included (data loading excluded)")
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--stop-at", type=float, default=None, help="unix time by which training stops, whatever --seconds says")
     parser.add_argument("--resolution", type=int, default=384)
@@ -167,7 +177,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--tree-repeat", type=int, default=20, help="how many times each tree tile is drawn per epoch")
-    parser.add_argument("--eval-every", type=float, default=60, help="seconds between validation passes")
+    parser.add_argument("--eval-every", type=float, default=75, help="seconds between validation passes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -220,7 +230,7 @@ def main() -> None:
                 targets[j]["boxes"] = boxes
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             outputs = module(x, targets)
-        outputs = {k: v.float() if torch.is_tensor(v) else v for k, v in outputs.items()}
+        outputs = _float(outputs)  # the loss and the matcher in float32 (aux and encoder outputs included)
         losses = criterion(outputs, targets)
         loss = sum(losses[k] * criterion.weight_dict[k] for k in losses if k in criterion.weight_dict)
         optimizer.zero_grad(set_to_none=True)
@@ -239,8 +249,7 @@ def main() -> None:
             last_eval = time.time()
             result = evaluate(module, val_x, val_rows, cfgs["stretch"])
             history["val"].append({"step": step, "seconds": time.time() - start, **result})
-            print(f"val step {step}: {json.dumps(result)}", flush=True)
-            start += time.time() - last_eval  # validation time does not count against the budget
+            print(f"val step {step} ({time.time() - last_eval:.1f} s): {json.dumps(result)}", flush=True)
 
     raw = {k: v.detach().clone() for k, v in module.state_dict().items()}
     finals = {}
