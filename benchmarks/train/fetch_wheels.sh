@@ -11,7 +11,7 @@ PY=${PY:-/work/main/.venv/bin/python}
 mkdir -p "$DEST"
 plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64"
 for spec in rfdetr==1.11.2 pyDeprecate==0.9.0 supervision==0.31.2 defusedxml==0.7.1 pydantic==2.14.4 \
-            pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 pycocotools==2.0.11; do
+            pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 pycocotools==2.0.11 torch-linear-assignment==0.1.0; do
   name=${spec%%==*}
   norm=$(echo "$name" | tr 'A-Z-' 'a-z_')
   have=$(cd "$DEST" && ls ${norm}-[0-9]*.whl 2>/dev/null | head -1 || true)

@@ -14,7 +14,7 @@ step=${1:?usage: run_device.sh train|check}
 OUT=${OUT:?OUT must be set (the device sets it)}
 MAT=${MATERIAL:-.carry/train}
 wheels=()
-for name in rfdetr pydeprecate supervision defusedxml pydantic pydantic_core annotated_types typing_inspection pycocotools; do
+for name in rfdetr pydeprecate supervision defusedxml pydantic pydantic_core annotated_types typing_inspection pycocotools torch_linear_assignment; do
   w=$(ls "$MAT/whl"/* .whl/* 2>/dev/null | grep -i "/${name}-[0-9]" | head -1)
   [ -n "$w" ] && wheels+=("$w") || echo "no wheel for $name in $MAT/whl or .whl (fine if the image has it)"
 done
