@@ -182,11 +182,11 @@ def pillow13_order(checker: Checker) -> None:
     from table_apply import pillow_resize
 
     from rfpipe.geometry import plan_image
-    from rfpipe.preprocess import cuda
+    from rfpipe.preprocess.cuda.runtime import Runtime
     from rfpipe.preprocess.inputs import to_frames
     from rfpipe.preprocess.kernels.float_tables import normalization_table
 
-    runtime = cuda._Runtime(DEVICE)
+    runtime = Runtime(DEVICE)
     runtime.pillow = (13, 0)
     for (w, h), (tw, th) in [((1920, 1080), (560, 300)), ((640, 480), (600, 200)), ((3000, 2000), (1000, 400))]:
         img = synthetic_frame(h, w, seed=w)

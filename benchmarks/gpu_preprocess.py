@@ -35,6 +35,8 @@ from conftest import make_raw_config  # noqa: E402
 
 import rfpipe  # noqa: E402
 from rfpipe.preprocess import cuda  # noqa: E402
+from rfpipe.preprocess.cuda import host as cuda_host  # noqa: E402
+from rfpipe.preprocess.cuda import runtime as cuda_runtime  # noqa: E402
 
 DEV = torch.device("cuda")
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -149,7 +151,7 @@ def breakdown(images, config, reps: int) -> dict:
     from rfpipe.preprocess.inputs import to_frames
     from rfpipe.preprocess.kernels.triton_batch import launch
 
-    runtime = cuda._runtime(DEV)
+    runtime = cuda_runtime.runtime(DEV)
     rows = {"geometry_ms": [], "prepare_ms": [], "enqueue_host_ms": [], "gpu_span_ms": []}
     for rep in range(reps + 3):
         t0 = time.perf_counter()
@@ -158,17 +160,17 @@ def breakdown(images, config, reps: int) -> dict:
         plans = [plan_image(config, f.size, target, None, "bgr") for f in frames]
         t1 = time.perf_counter()
         with torch.cuda.stream(runtime.stream):
-            jobs, _ = cuda._jobs(frames, plans, "bgr")
-            shape = cuda._output_shape(plans)
+            jobs = cuda_host.jobs(frames, plans, "bgr")
+            shape = cuda_host.output_shape(plans)
             out = torch.empty(shape, dtype=torch.float32, device=DEV)
-            sources, pixels = cuda._sources(jobs, DEV, cuda._on_gpu, direct=True)
-            plan = runtime._plan(sources, shape)
-            buffer = runtime._device_buffer(plan.buffer_bytes)
-            norm = runtime._norm(config)
+            sources, pixels = cuda_host.sources(jobs, DEV, cuda_runtime.on_gpu, direct=True)
+            plan = runtime.plan(sources, shape)
+            buffer = runtime.device_buffer(plan.buffer_bytes)
+            norm = runtime.norm(config)
             t2 = time.perf_counter()
             e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             e0.record()
-            runtime._enqueue(plan, pixels, buffer, norm, out)
+            runtime.enqueue(plan, pixels, buffer, norm, out)
             t3 = time.perf_counter()
             e1.record()
         e1.synchronize()
@@ -179,7 +181,7 @@ def breakdown(images, config, reps: int) -> dict:
             rows["gpu_span_ms"].append(e0.elapsed_time(e1))
     result = {k: round(statistics.median(v), 4) for k, v in rows.items()}
     # Kernels alone: 20 back-to-back launches between two events (launch gaps hidden by queueing).
-    params = plan.resident[1] if plan.resident is not None else plan.views(buffer)
+    params = plan.views(buffer) if plan.patches else plan.resident_views(DEV, None)
     with torch.cuda.stream(runtime.stream):
         e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         e0.record()

@@ -18,6 +18,11 @@ logger = logging.getLogger("rfpipe")
 
 CONFIG_FILE = "inference_config.json"
 CLASS_NAMES_FILE = "class_names.txt"
+# (means, stds) per RGB channel: what RF-DETR trains with, and so what a checkpoint's package declares.
+IMAGENET_NORMALIZATION: tuple[tuple[float, float, float], tuple[float, float, float]] = (
+    (0.485, 0.456, 0.406),
+    (0.229, 0.224, 0.225),
+)
 
 
 class ConfigError(ValueError):

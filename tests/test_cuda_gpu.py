@@ -21,6 +21,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 from rfpipe.preprocess import cuda  # noqa: E402
+from rfpipe.preprocess.cuda import runtime, selfcheck  # noqa: E402
 
 CONFIGS = [
     dict(size=(560, 560)),
@@ -95,16 +96,16 @@ def test_concurrent_callers_each_get_their_own_exact_outputs(photos):
 
 def test_failed_self_check_disables_auto_and_makes_explicit_cuda_raise(monkeypatch, caplog):
     device = torch.device("cuda", torch.cuda.current_device())
-    monkeypatch.setattr(cuda, "_runtimes", {})
-    monkeypatch.setattr(cuda, "_failures", {})
-    original = cuda._probe_expected
+    monkeypatch.setattr(runtime, "_runtimes", {})
+    monkeypatch.setattr(runtime, "_failures", {})
+    original = selfcheck._probe_expected
 
     def wrong(image, plan, color_format):
         expected = original(image, plan, color_format).copy()
         expected[0, 0, 0] ^= 1  # as if the installed library rounded one value differently
         return expected
 
-    monkeypatch.setattr(cuda, "_probe_expected", wrong)
+    monkeypatch.setattr(selfcheck, "_probe_expected", wrong)
     assert cuda.available(device) is False
     assert "self-check probe" in caplog.text
     with pytest.raises(RuntimeError, match="self-check"):

@@ -19,6 +19,8 @@ from PIL import Image
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 pytest.importorskip("triton", reason="triton is not installed")
 
+from conftest import make_config  # noqa: E402
+
 from rfpipe.config import ImageSize, ResizeFilter  # noqa: E402
 from rfpipe.preprocess.kernels.triton_params import GRAY_WEIGHTS  # noqa: E402
 
@@ -134,3 +136,27 @@ def test_unavailable_without_a_gpu_is_false_not_an_error():
     assert cuda.available("cuda") is False
     with pytest.raises(RuntimeError, match="unavailable"):
         cuda.run([], [], None, torch.device("cuda"), "bgr")
+
+
+def test_batch_plan_keeps_its_resident_parameters_itself():
+    """A plan without in-place sources uploads its parameters once and reuses that copy."""
+    from rfpipe.geometry import plan_image
+    from rfpipe.preprocess.cuda import host
+    from rfpipe.preprocess.inputs import to_frames
+    from rfpipe.preprocess.kernels.triton_batch import BatchPlan
+
+    config = make_config(size=(32, 24))
+    frames = to_frames(np.zeros((40, 50, 3), np.uint8))
+    plans = [plan_image(config, frames[0].size, config.training_size, None, "bgr")]
+    sources, _ = host.sources(host.jobs(frames, plans, "bgr"), torch.device("cpu"), lambda t: False, direct=False)
+    plan = BatchPlan(sources, host.output_shape(plans))
+    uploads = []
+
+    def upload(template, target):
+        uploads.append(template.nbytes)
+        target.copy_(torch.from_numpy(template))
+
+    first = plan.resident_views(torch.device("cpu"), upload)
+    second = plan.resident_views(torch.device("cpu"), upload)
+    assert uploads == [plan.param_bytes] and all(a is b for a, b in zip(first, second, strict=True))
+    assert first[1].numpy().tobytes() == plan.template[plan.part_offsets[1]:][: first[1].numel() * 8].tobytes()

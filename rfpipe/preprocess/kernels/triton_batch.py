@@ -14,6 +14,7 @@ Device buffer: [parameters (only when patched per call) | uploads | letterbox in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,6 +116,7 @@ class BatchPlan:
             template[offset : offset + raw.size] = raw
         self.template = template
         self._views = None
+        self._resident: tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None = None
 
     def parameters(self, pixels: list, base: int) -> np.ndarray:
         """The parameter bytes for this call: template plus in-place addresses relative to `base`."""
@@ -126,16 +128,32 @@ class BatchPlan:
             words[position // 8] += pixels[i].data_ptr() - base
         return params
 
+    def resident_views(self, device: torch.device,
+                       upload: Callable[[np.ndarray, torch.Tensor], None]) -> tuple[torch.Tensor, ...]:
+        """`views` of a device copy of the parameters made on first use with `upload(template, target)`.
+
+        Only for plans without in-place sources (`patches`), whose parameter bytes never change:
+        later calls reuse the copy and upload nothing.
+        """
+        if self.patches:
+            raise ValueError("this batch plan patches tensor addresses per call; its parameters cannot stay resident")
+        if self._resident is None:
+            resident = torch.empty(self.param_bytes, dtype=torch.uint8, device=device)
+            upload(self.template, resident)
+            self._resident = (resident, self._typed_views(resident))
+        return self._resident[1]
+
+    def _typed_views(self, params: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        dtypes = (torch.int64, torch.int64, torch.int32, torch.int32)
+        return tuple(
+            params[o : o + max(n, 8)].view(t) for o, n, t in zip(self.part_offsets, self.part_bytes, dtypes, strict=True)
+        )
+
     def views(self, params: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(step rows, final rows, step tables, final tables) as typed views of device parameter bytes."""
         key = (params.data_ptr(), params.numel())
         if self._views is None or self._views[0] != key:  # the same buffer call after call: reuse
-            dtypes = (torch.int64, torch.int64, torch.int32, torch.int32)
-            views = tuple(
-                params[o : o + max(n, 8)].view(t)
-                for o, n, t in zip(self.part_offsets, self.part_bytes, dtypes, strict=True)
-            )
-            self._views = (key, views)
+            self._views = (key, self._typed_views(params))
         return self._views[1]
 
 
