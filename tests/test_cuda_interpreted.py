@@ -1,11 +1,13 @@
 """The GPU kernels, run by Triton's interpreter on the CPU, equal the reference bit for bit.
 
-CI has no GPU: `cuda.run_on_cpu` runs `run`'s own layout, parameter tables and launches on CPU
-tensors under TRITON_INTERPRET=1, on small images (the interpreter pays per operation).
+CI has no GPU: `triton_on_cpu.run_on_cpu` runs `run`'s own layout, parameter tables and launches on
+CPU tensors under TRITON_INTERPRET=1, on small images (the interpreter pays per operation). Mixed
+batches go through `preprocess`'s own split by input kind (`run_by_kind`), as on the GPU.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -20,10 +22,12 @@ pytest.importorskip("triton", reason="triton is not installed")
 from conftest import make_config, make_raw_config, random_image  # noqa: E402
 from matrix import CONTRAST_VARIANTS, VARIANTS, input_forms  # noqa: E402
 from table_apply import pillow_resize  # noqa: E402
+from triton_on_cpu import run_on_cpu  # noqa: E402
 
 import rfpipe  # noqa: E402
 from rfpipe.geometry import plan_image, resolve_target_size  # noqa: E402
-from rfpipe.preprocess import cuda, reference  # noqa: E402
+from rfpipe.preprocess import reference, run_by_kind  # noqa: E402
+from rfpipe.preprocess.cuda.selfcheck import self_check  # noqa: E402
 from rfpipe.preprocess.inputs import to_frames  # noqa: E402
 from rfpipe.preprocess.kernels import pillow_tables  # noqa: E402
 from rfpipe.preprocess.kernels.float_tables import normalization_table  # noqa: E402
@@ -59,8 +63,9 @@ def _run_both(images, config, color="bgr", image_size=None, overrides=None, pill
     frames = to_frames(images)
     target = resolve_target_size(config, image_size)
     plans = [plan_image(config, f.size, target, overrides, color, stretch_only=f.is_float_tensor) for f in frames]
-    ours = cuda.run_on_cpu(frames, plans, config, color, pillow=pillow)
-    expected = reference.run(frames, plans, config, torch.device("cpu"), color)
+    cpu = torch.device("cpu")
+    ours = run_by_kind(functools.partial(run_on_cpu, pillow=pillow), frames, plans, config, cpu, color)
+    expected = run_by_kind(reference.run, frames, plans, config, cpu, color)
     return ours, expected
 
 
@@ -134,7 +139,7 @@ def test_pillow_13_pass_order_is_followed_when_forced():
     plans = [plan_image(config, frames[0].size, config.training_size, None, "bgr")]
     table = normalization_table(config)
     for major, expected in ((13, thirteen), (12, twelve)):
-        ours = cuda.run_on_cpu(frames, plans, config, "bgr", pillow=(major, 0))
+        ours = run_on_cpu(frames, plans, config, torch.device("cpu"), "bgr", pillow=(major, 0))
         want = torch.stack([table[c][torch.from_numpy(expected[:, :, c].astype(np.int64))] for c in range(3)])
         assert torch.equal(ours[0], want), f"Pillow {major} order"
 
@@ -145,7 +150,7 @@ def test_mixed_pass_orders_in_one_batch_under_pillow_13():
     config = make_config(size=(50, 30))
     frames = to_frames(images)
     plans = [plan_image(config, f.size, config.training_size, None, "rgb") for f in frames]
-    ours = cuda.run_on_cpu(frames, plans, config, "rgb", pillow=(13, 0))
+    ours = run_on_cpu(frames, plans, config, torch.device("cpu"), "rgb", pillow=(13, 0))
     table = normalization_table(config)
     for i, image in enumerate(images):
         expected = pillow_resize(image, (50, 30), major=13)
@@ -182,4 +187,7 @@ def test_very_tall_images_follow_the_installed_pillow_pass_order(source, size):
 
 def test_self_check_probes_pass_through_the_interpreted_kernels():
     """The start-up probes (including the very tall one) agree with the installed Pillow/OpenCV."""
-    assert cuda.self_check(cuda.run_on_cpu) is None
+    def run(frames, plans, config, color_format):
+        return run_on_cpu(frames, plans, config, torch.device("cpu"), color_format)
+
+    assert self_check(run) is None

@@ -3,6 +3,8 @@ documented conversions are exact, and every refusal names the problem."""
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -167,6 +169,30 @@ def test_float_tensor_is_not_the_uint8_path(images, run):
     # tensor semantics differ from Pillow's resize (DESIGN.md): pin that they are not confused
     chw = torch.from_numpy(images[0]).permute(2, 0, 1)
     assert not torch.equal(run(chw.float() / 255)[0], run(chw)[0])
+
+
+@pytest.mark.parametrize("implementation", ["reference", "cpu"])
+def test_implementations_only_ever_receive_uint8_frames(images, implementation, monkeypatch):
+    """`preprocess()` recognises float tensors once and gives them to their own kernel."""
+    entry = importlib.import_module("rfpipe.preprocess")  # the package; `rfpipe.preprocess` is the function
+    real = entry.resolve_implementation(implementation, torch.device("cpu"))
+    seen = []
+
+    def recording(frames, *args):
+        seen.append([f.is_float_tensor for f in frames])
+        return real(frames, *args)
+
+    monkeypatch.setattr(entry, "resolve_implementation", lambda name, device: recording)
+    floats = [torch.from_numpy(images[1]).permute(2, 0, 1).float() / 255, torch.rand(3, 20, 30)]
+    mixed = [images[0], floats[0], images[2], floats[1]]
+    batch, meta = rfpipe.preprocess(mixed, STRETCH, implementation=implementation)
+    assert seen == [[False, False]]  # the uint8 frames, once; never a float tensor
+    rfpipe.preprocess(floats, STRETCH, implementation=implementation)
+    assert seen == [[False, False]]  # a float-only batch does not reach the implementation at all
+    # The split batch is put back in input order: each row equals that image alone.
+    for i, image in enumerate(mixed):
+        alone, alone_meta = call(image, implementation=implementation)
+        assert torch.equal(batch[i], alone[0]) and meta[i] == alone_meta[0]
 
 
 # --- single-channel conversion -----------------------------------------------------------------

@@ -1,8 +1,9 @@
 """`preprocess()`: the one entry from images to the network's float32 NCHW batch plus metadata.
 
-Geometry is planned once per image (rfpipe.geometry); an implementation only moves pixels:
-`reference` (the literal chain), `cpu` (exact, fast) and `cuda` (exact, Triton) are siblings that
-share the geometry and tables and never import each other.
+Geometry is planned once per image (rfpipe.geometry); the input kind is looked at once, here:
+float tensors go to their own kernel (`float_tensor`), uint8 frames to an implementation, which
+only moves pixels: `reference` (the literal chain), `cpu` (exact, fast) and `cuda` (exact,
+Triton) are siblings that share the geometry and tables and never import each other.
 """
 
 from __future__ import annotations
@@ -17,12 +18,19 @@ import torch
 
 from rfpipe.config import ModelConfig
 from rfpipe.devices import resolve_device
-from rfpipe.geometry import Overrides, PreprocessMetadata, plan_image, resolve_target_size
-from rfpipe.preprocess.inputs import to_frames
+from rfpipe.geometry import (
+    ImagePlan,
+    Overrides,
+    PreprocessMetadata,
+    plan_image,
+    resolve_target_size,
+)
+from rfpipe.preprocess import float_tensor
+from rfpipe.preprocess.inputs import Frame, to_frames
 
 logger = logging.getLogger("rfpipe")
 
-# name -> module holding `run(frames, plans, config, device, color_format) -> Tensor`
+# name -> module holding `run(frames, plans, config, device, color_format) -> Tensor` for uint8 frames
 IMPLEMENTATIONS = {
     "reference": "rfpipe.preprocess.reference",
     "cpu": "rfpipe.preprocess.cpu",
@@ -71,9 +79,35 @@ def resolve_implementation(implementation: str, device: torch.device) -> Callabl
     return importlib.import_module(IMPLEMENTATIONS[implementation]).run
 
 
+Run = Callable[[list[Frame], list[ImagePlan], ModelConfig, torch.device, str], torch.Tensor]
+
+
+def run_by_kind(run: Run, frames: list[Frame], plans: list[ImagePlan], config: ModelConfig,
+                device: torch.device, color_format: str) -> torch.Tensor:
+    """The batch in input order: uint8 frames through `run`, float tensors through `float_tensor.run`.
+
+    An implementation never sees a float tensor; a mixed batch is split by kind and put back
+    together (on CUDA in the caller's stream order, so nothing waits on the host).
+    """
+    floats = [i for i, frame in enumerate(frames) if frame.is_float_tensor]
+    if not floats:
+        return run(frames, plans, config, device, color_format)
+    if len(floats) == len(frames):
+        return float_tensor.run(frames, plans, config, device, color_format)
+    uint8 = [i for i, frame in enumerate(frames) if not frame.is_float_tensor]
+    target = plans[0].target
+    batch = torch.empty((len(frames), 3, target.height, target.width), dtype=torch.float32, device=device)
+    for slots, kernel in ((uint8, run), (floats, float_tensor.run)):
+        part = kernel([frames[i] for i in slots], [plans[i] for i in slots], config, device, color_format)
+        for row, slot in enumerate(slots):  # copies on the current stream (no index upload, no sync)
+            batch[slot].copy_(part[row])
+    return batch
+
+
 def preprocess(
     images: Any,
     config: ModelConfig,
+    *,
     device: str | torch.device = "cpu",
     input_color_format: str | None = "bgr",
     image_size: int | tuple[int, int] | None = None,
@@ -101,7 +135,7 @@ def preprocess(
         plan_image(config, f.size, target, overrides, color_format, stretch_only=f.is_float_tensor)
         for f in frames
     ]
-    batch = run(frames, plans, config, device, color_format)
+    batch = run_by_kind(run, frames, plans, config, device, color_format)
     if synchronize and device.type == "cuda":
         torch.cuda.current_stream(device).synchronize()
     return batch, [p.metadata for p in plans]

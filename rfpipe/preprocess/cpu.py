@@ -28,7 +28,6 @@ from PIL import Image
 from rfpipe.config import ModelConfig, ResizeFilter
 from rfpipe.geometry import Canvas, ImagePlan
 from rfpipe.preprocess import adjust
-from rfpipe.preprocess.float_tensor import preprocess_float_tensor
 from rfpipe.preprocess.inputs import Frame
 from rfpipe.preprocess.kernels import _resample, pillow_tables
 from rfpipe.preprocess.kernels.float_tables import normalization_table
@@ -136,10 +135,8 @@ def _uint8_frame(frame: Frame, plan: ImagePlan, color_format: str) -> np.ndarray
 
 
 def _one(frame: Frame, plan: ImagePlan, config: ModelConfig, color_format: str, out: np.ndarray,
-         lut: np.ndarray, parts: int) -> torch.Tensor | None:
-    """Write one image's network input into `out` (3, H, W); float tensors return theirs instead."""
-    if frame.is_float_tensor:
-        return preprocess_float_tensor(frame.pixels, plan, config, color_format)
+         lut: np.ndarray, parts: int) -> None:
+    """Write one uint8 image's network input into `out` (3, H, W)."""
     image = _uint8_frame(frame, plan, color_format)
     plane_of = SWAPPED if plan.swap_channels else IDENTITY
     if plan.resize_filter is ResizeFilter.CV2_LINEAR:
@@ -148,15 +145,14 @@ def _one(frame: Frame, plan: ImagePlan, config: ModelConfig, color_format: str, 
             image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
             image = image[:, :, None] if image.ndim == 2 else image
         _in_bands(lambda b, e: _resample.lookup(image, out, lut, b, e, plane_of=plane_of), out.shape[1], parts)
-        return None
+        return
     _pillow_resize_into(image, out, lut, plane_of, parts)
-    return None
 
 
 def run(
     frames: list[Frame], plans: list[ImagePlan], config: ModelConfig, device: torch.device, color_format: str
 ) -> torch.Tensor:
-    """The batch, computed on the CPU (images in parallel, or one image in row bands), then moved."""
+    """The batch of uint8 frames, computed on the CPU (images in parallel, or one image in row bands), then moved."""
     if not available():
         raise RuntimeError(f"the exact CPU path failed its self-check against Pillow {Image.__version__}")
     target = plans[0].target
@@ -169,12 +165,11 @@ def run(
             _pool.submit(_one, f, p, config, color_format, planes[i], lut, 1)
             for i, (f, p) in enumerate(zip(frames, plans))
         ]
-        results = [future.result() for future in futures]
+        for future in futures:
+            future.result()
     else:
-        results = [_one(f, p, config, color_format, planes[i], lut, THREADS) for i, (f, p) in enumerate(zip(frames, plans))]
-    for i, tensor in enumerate(results):
-        if tensor is not None:
-            batch[i].copy_(tensor)
+        for i, (f, p) in enumerate(zip(frames, plans)):
+            _one(f, p, config, color_format, planes[i], lut, THREADS)
     return batch.to(device, non_blocking=pinned) if device.type != "cpu" else batch
 
 

@@ -1,8 +1,9 @@
-"""Float tensor input (CHW in [0, 1]): the reference's tensor semantics, shared by every implementation.
+"""The kernel for float tensor input (CHW in [0, 1]): the reference's tensor semantics.
 
-Float tensors are resized as tensors with antialiasing on their own device, then normalised; the
-geometry is always a stretch. This path is not Pillow-exact by definition (DESIGN.md), so there is
-only one implementation of it.
+`preprocess()` recognises float tensors once and hands them here, whatever the implementation:
+they are resized as tensors with antialiasing on their own device, then normalised; the geometry
+is always a stretch. This path is not Pillow-exact by definition (DESIGN.md), so there is only one
+implementation of it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torchvision.transforms.functional as TF
 from rfpipe.config import ContrastType, ModelConfig
 from rfpipe.geometry import ImagePlan
 from rfpipe.preprocess import adjust
+from rfpipe.preprocess.inputs import Frame
 from rfpipe.preprocess.kernels.float_tables import apply_float_ops
 
 
@@ -51,3 +53,11 @@ def preprocess_float_tensor(
     target = plan.target
     resized = TF.resize(image.unsqueeze(0), [target.height, target.width], antialias=True).squeeze(0)
     return apply_float_ops(resized, config)
+
+
+def run(
+    frames: list[Frame], plans: list[ImagePlan], config: ModelConfig, device: torch.device, color_format: str
+) -> torch.Tensor:
+    """Float-tensor frames -> float32 contiguous NCHW on `device` (each computed on its own device)."""
+    tensors = [preprocess_float_tensor(f.pixels, p, config, color_format).to(device) for f, p in zip(frames, plans)]
+    return torch.stack(tensors).contiguous()

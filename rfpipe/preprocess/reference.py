@@ -16,7 +16,6 @@ from PIL import Image
 from rfpipe.config import ModelConfig, ResizeFilter
 from rfpipe.geometry import ImagePlan
 from rfpipe.preprocess import adjust
-from rfpipe.preprocess.float_tensor import preprocess_float_tensor
 from rfpipe.preprocess.inputs import Frame
 from rfpipe.preprocess.kernels.float_tables import apply_float_ops
 
@@ -48,9 +47,7 @@ def _resize(image: np.ndarray, plan: ImagePlan) -> np.ndarray:
 
 
 def preprocess_one(frame: Frame, plan: ImagePlan, config: ModelConfig, color_format: str) -> torch.Tensor:
-    """One frame -> float32 CHW tensor on the CPU (float tensors stay on their own device)."""
-    if frame.is_float_tensor:
-        return preprocess_float_tensor(frame.pixels, plan, config, color_format)
+    """One uint8 frame -> float32 CHW tensor on the CPU."""
     image = _to_numpy(frame.pixels)
     x0, y0, x1, y1 = plan.crop_box
     image = image[y0:y1, x0:x1]
@@ -74,6 +71,6 @@ def preprocess_one(frame: Frame, plan: ImagePlan, config: ModelConfig, color_for
 def run(
     frames: list[Frame], plans: list[ImagePlan], config: ModelConfig, device: torch.device, color_format: str
 ) -> torch.Tensor:
-    """The reference batch: each frame through the chain, moved to `device`, stacked NCHW."""
+    """The reference batch: each uint8 frame through the chain, moved to `device`, stacked NCHW."""
     tensors = [preprocess_one(f, p, config, color_format).to(device) for f, p in zip(frames, plans)]
     return torch.stack(tensors).contiguous()
