@@ -19,35 +19,10 @@ import triton.language as tl
 
 from rfpipe.preprocess.kernels.triton_source import (
     AREA,
-    FILL,
-    GRAY,
-    GW0,
-    GW1,
-    GW2,
-    IN_U,
-    IN_V,
-    NUM_FIELDS,
-    OUT_OFF,
-    OUT_SC,
-    OUT_SU,
-    OUT_SV,
-    OUT_U,
-    OUT_V,
-    SRC_OFF,
-    SRC_SC,
-    SRC_SU,
-    SRC_SV,
-    SWAP,
-    TAB_U,
-    TAB_V,
-    WIN_U,
-    WIN_U0,
-    WIN_V,
-    WIN_V0,
-    WINDOWED,
     field,
-    field64,
+    image_tile,
     load_rgb,
+    output_tile,
     store_normalized,
 )
 
@@ -73,36 +48,9 @@ def _store(out_ptr, norm_ptr, value, plane, out_off, rel, mask, out_sc, OUT_FLOA
 def opencv_linear_kernel(
     src_ptr, coef_ptr, meta_ptr, norm_ptr, out_ptr, BU: tl.constexpr, BV: tl.constexpr, OUT_FLOAT: tl.constexpr
 ):
-    row = meta_ptr + tl.program_id(1) * NUM_FIELDS
-    tile = tl.program_id(0)
-    in_u = field(row, IN_U)
-    in_v = field(row, IN_V)
-    out_u = field(row, OUT_U)
-    out_v = field(row, OUT_V)
-    tiles_u = tl.cdiv(out_u, BU)
-    live = tile < tiles_u * tl.cdiv(out_v, BV)
-    win_u0 = field(row, WIN_U0)
-    win_v0 = field(row, WIN_V0)
-    win_u = field(row, WIN_U)
-    win_v = field(row, WIN_V)
-    fill = field(row, FILL)
-    windowed = field(row, WINDOWED)
-    gray = field(row, GRAY)
-    gw0 = field(row, GW0)
-    gw1 = field(row, GW1)
-    gw2 = field(row, GW2)
+    (row, live, in_u, in_v, out_u, out_v, ou, ov, ou_c, ov_c, tab_u, tab_v, base, src_su, src_sv, src_sc,
+     win_u0, win_v0, win_u, win_v, fill, windowed, gray, gw0, gw1, gw2) = image_tile(src_ptr, meta_ptr, BU, BV)
     area = field(row, AREA)
-    tab_u = field64(row, TAB_U)
-    tab_v = field64(row, TAB_V)
-    src_su = field(row, SRC_SU)
-    src_sv = field(row, SRC_SV)
-    src_sc = field(row, SRC_SC)
-    base = src_ptr + field64(row, SRC_OFF)
-
-    ou = (tile % tiles_u) * BU + tl.arange(0, BU)
-    ov = (tile // tiles_u) * BV + tl.arange(0, BV)
-    ou_c = tl.minimum(ou, out_u - 1)
-    ov_c = tl.minimum(ov, out_v - 1)
     x0 = tl.load(coef_ptr + tab_u + ou_c)
     x1 = tl.minimum(x0 + 1, in_u - 1)
     a0 = tl.load(coef_ptr + tab_u + out_u + 2 * ou_c)[None, :]
@@ -130,14 +78,10 @@ def opencv_linear_kernel(
     q10_0, q10_1, q10_2 = load_rgb(base, row1 + colx0, src_sc, oky1 & okx0, fill, windowed, gray, gw0, gw1, gw2)
     q11_0, q11_1, q11_2 = load_rgb(base, row1 + colx1, src_sc, oky1 & okx1, fill, windowed, gray, gw0, gw1, gw2)
 
-    swap = field(row, SWAP)
-    out_off = field64(row, OUT_OFF)
-    out_sc = field(row, OUT_SC)
-    rel = ov[:, None] * field(row, OUT_SV) + ou[None, :] * field(row, OUT_SU)
-    mask = (ov < out_v)[:, None] & (ou < out_u)[None, :] & live
+    plane0, plane2, out_off, out_sc, rel, mask = output_tile(row, ou, ov, out_u, out_v, live)
     v0 = _linear(a0, a1, b0, b1, q00_0, q01_0, q10_0, q11_0, area)
     v1 = _linear(a0, a1, b0, b1, q00_1, q01_1, q10_1, q11_1, area)
     v2 = _linear(a0, a1, b0, b1, q00_2, q01_2, q10_2, q11_2, area)
-    _store(out_ptr, norm_ptr, v0, tl.where(swap != 0, 2, 0), out_off, rel, mask, out_sc, OUT_FLOAT)
+    _store(out_ptr, norm_ptr, v0, plane0, out_off, rel, mask, out_sc, OUT_FLOAT)
     _store(out_ptr, norm_ptr, v1, 1, out_off, rel, mask, out_sc, OUT_FLOAT)
-    _store(out_ptr, norm_ptr, v2, tl.where(swap != 0, 0, 2), out_off, rel, mask, out_sc, OUT_FLOAT)
+    _store(out_ptr, norm_ptr, v2, plane2, out_off, rel, mask, out_sc, OUT_FLOAT)

@@ -20,37 +20,12 @@ import triton.language as tl
 
 from rfpipe.preprocess.kernels import pillow_tables
 from rfpipe.preprocess.kernels.triton_source import (
-    FILL,
-    GRAY,
-    GW0,
-    GW1,
-    GW2,
-    IN_U,
-    IN_V,
     K_U,
     K_V,
-    NUM_FIELDS,
-    OUT_OFF,
-    OUT_SC,
-    OUT_SU,
-    OUT_SV,
-    OUT_U,
-    OUT_V,
-    SRC_OFF,
-    SRC_SC,
-    SRC_SU,
-    SRC_SV,
-    SWAP,
-    TAB_U,
-    TAB_V,
-    WIN_U,
-    WIN_U0,
-    WIN_V,
-    WIN_V0,
-    WINDOWED,
     field,
-    field64,
+    image_tile,
     load_rgb,
+    output_tile,
     store_normalized,
 )
 
@@ -65,38 +40,11 @@ def _round_clip(acc):
 
 @triton.jit
 def pillow_resample_kernel(src_ptr, coef_ptr, meta_ptr, norm_ptr, out_ptr, BU: tl.constexpr, BV: tl.constexpr):
-    row = meta_ptr + tl.program_id(1) * NUM_FIELDS
-    tile = tl.program_id(0)
-    in_u = field(row, IN_U)
-    in_v = field(row, IN_V)
-    out_u = field(row, OUT_U)
-    out_v = field(row, OUT_V)
-    tiles_u = tl.cdiv(out_u, BU)
-    live = tile < tiles_u * tl.cdiv(out_v, BV)
+    (row, live, in_u, in_v, out_u, out_v, ou, ov, ou_c, ov_c, tab_u, tab_v, base, src_su, src_sv, src_sc,
+     win_u0, win_v0, win_u, win_v, fill, windowed, gray, gw0, gw1, gw2) = image_tile(src_ptr, meta_ptr, BU, BV)
     # Programs past this image's tiles (images of other shapes share the grid) run no taps.
     k_u = tl.where(live, field(row, K_U), 0)
     k_v = tl.where(live, field(row, K_V), 0)
-    win_u0 = field(row, WIN_U0)
-    win_v0 = field(row, WIN_V0)
-    win_u = field(row, WIN_U)
-    win_v = field(row, WIN_V)
-    fill = field(row, FILL)
-    windowed = field(row, WINDOWED)
-    gray = field(row, GRAY)
-    gw0 = field(row, GW0)
-    gw1 = field(row, GW1)
-    gw2 = field(row, GW2)
-    tab_u = field64(row, TAB_U)
-    tab_v = field64(row, TAB_V)
-    src_su = field(row, SRC_SU)
-    src_sv = field(row, SRC_SV)
-    src_sc = field(row, SRC_SC)
-    base = src_ptr + field64(row, SRC_OFF)
-
-    ou = (tile % tiles_u) * BU + tl.arange(0, BU)
-    ov = (tile // tiles_u) * BV + tl.arange(0, BV)
-    ou_c = tl.minimum(ou, out_u - 1)
-    ov_c = tl.minimum(ov, out_v - 1)
     first_u = tl.load(coef_ptr + tab_u + ou_c)
     first_v = tl.load(coef_ptr + tab_v + ov_c)
     weights_u = coef_ptr + tab_u + out_u + ou_c * k_u
@@ -125,11 +73,7 @@ def pillow_resample_kernel(src_ptr, coef_ptr, meta_ptr, norm_ptr, out_ptr, BU: t
         acc1 += wv * _round_clip(h1)
         acc2 += wv * _round_clip(h2)
 
-    swap = field(row, SWAP)
-    out_off = field64(row, OUT_OFF)
-    out_sc = field(row, OUT_SC)
-    rel = ov[:, None] * field(row, OUT_SV) + ou[None, :] * field(row, OUT_SU)
-    mask = (ov < out_v)[:, None] & (ou < out_u)[None, :] & live
-    store_normalized(out_ptr, norm_ptr, _round_clip(acc0), tl.where(swap != 0, 2, 0), out_off, rel, mask, out_sc)
+    plane0, plane2, out_off, out_sc, rel, mask = output_tile(row, ou, ov, out_u, out_v, live)
+    store_normalized(out_ptr, norm_ptr, _round_clip(acc0), plane0, out_off, rel, mask, out_sc)
     store_normalized(out_ptr, norm_ptr, _round_clip(acc1), 1, out_off, rel, mask, out_sc)
-    store_normalized(out_ptr, norm_ptr, _round_clip(acc2), tl.where(swap != 0, 0, 2), out_off, rel, mask, out_sc)
+    store_normalized(out_ptr, norm_ptr, _round_clip(acc2), plane2, out_off, rel, mask, out_sc)

@@ -6,7 +6,8 @@ of a small device table (`Field` gives the columns). A kernel resamples a "virtu
 `IN_U x IN_V` plane whose window `[WIN_U0, WIN_U0 + WIN_U) x [WIN_V0, WIN_V0 + WIN_V)` holds the
 source pixels and whose other pixels are `FILL` (the letterbox / center-crop canvas, without ever
 building it). Axis u is the axis of the first (inner) pass; for Pillow 13's vertical-first order
-the host swaps the roles of x and y in the row, so one kernel serves both orders.
+the host swaps the roles of x and y in the row, so one kernel serves both orders. Both kernels
+open with `image_tile` (the row, the tile, the source) and end with `output_tile` (where it goes).
 """
 
 from __future__ import annotations
@@ -97,6 +98,49 @@ def field(row, index: tl.constexpr):
 @triton.jit
 def field64(row, index: tl.constexpr):
     return tl.load(row + index)
+
+
+@triton.jit
+def image_tile(src_ptr, meta_ptr, BU: tl.constexpr, BV: tl.constexpr):
+    """The prologue of both kernels: this program's image row, its output tile and its source.
+
+    Program axis 1 is the image, axis 0 the tile (tiles past this image's count are not `live`).
+    Returns, in order: row, live; in_u, in_v, out_u, out_v (virtual input and output sizes);
+    ou, ov (the tile's output coordinates) and ou_c, ov_c (clamped to the output, for table reads);
+    tab_u, tab_v (coefficient-table offsets); base, src_su, src_sv, src_sc (source pointer of window
+    pixel (0, 0) and its byte strides); win_u0, win_v0, win_u, win_v (the window); and fill,
+    windowed, gray, gw0, gw1, gw2 (what `load_rgb` needs besides offsets).
+    """
+    row = meta_ptr + tl.program_id(1) * NUM_FIELDS
+    tile = tl.program_id(0)
+    in_u = field(row, IN_U)
+    in_v = field(row, IN_V)
+    out_u = field(row, OUT_U)
+    out_v = field(row, OUT_V)
+    tiles_u = tl.cdiv(out_u, BU)
+    live = tile < tiles_u * tl.cdiv(out_v, BV)
+    ou = (tile % tiles_u) * BU + tl.arange(0, BU)
+    ov = (tile // tiles_u) * BV + tl.arange(0, BV)
+    ou_c = tl.minimum(ou, out_u - 1)
+    ov_c = tl.minimum(ov, out_v - 1)
+    base = src_ptr + field64(row, SRC_OFF)
+    return (
+        row, live, in_u, in_v, out_u, out_v, ou, ov, ou_c, ov_c,
+        field64(row, TAB_U), field64(row, TAB_V),
+        base, field(row, SRC_SU), field(row, SRC_SV), field(row, SRC_SC),
+        field(row, WIN_U0), field(row, WIN_V0), field(row, WIN_U), field(row, WIN_V),
+        field(row, FILL), field(row, WINDOWED), field(row, GRAY), field(row, GW0), field(row, GW1), field(row, GW2),
+    )
+
+
+@triton.jit
+def output_tile(row, ou, ov, out_u, out_v, live):
+    """Where a tile is written: (plane of source channel 0, plane of channel 2 (the channel swap),
+    the image's output element offset, its channel stride, the tile's element offsets, the mask)."""
+    swap = field(row, SWAP)
+    rel = ov[:, None] * field(row, OUT_SV) + ou[None, :] * field(row, OUT_SU)
+    mask = (ov < out_v)[:, None] & (ou < out_u)[None, :] & live
+    return tl.where(swap != 0, 2, 0), tl.where(swap != 0, 0, 2), field64(row, OUT_OFF), field(row, OUT_SC), rel, mask
 
 
 @triton.jit
