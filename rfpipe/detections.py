@@ -1,13 +1,15 @@
 """`Detections`: one image's boxes, scores and classes on the CPU, with conversions named after their target.
 
 Plain numpy fields, like supervision's `Detections`, so results are cheap to pass around, serialise
-and compare; `to_supervision()` and `to_inference_json()` convert for annotators and for clients
-of the Roboflow inference server.
+and compare; the fields are checked when a `Detections` is made. `to_supervision()` /
+`from_supervision()` convert for annotators, `to_inference_json()` for clients of the Roboflow
+inference server.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,13 +19,28 @@ if TYPE_CHECKING:
     import supervision
 
 
-@dataclass
+def _array(value: Any, name: str, kind: str, dtype: type, shape: str) -> np.ndarray:
+    array = np.asarray(value)
+    wanted = {"i": "integers", "f": "floats"}[kind]
+    if array.dtype.kind not in (("i", "u") if kind == "i" else ("f",)):
+        raise ValueError(f"Detections.{name}: expected {wanted} ({shape}), got dtype {array.dtype}")
+    return array.astype(dtype, copy=False)
+
+
+@dataclass(eq=False)
 class Detections:
     """Detections of one image, boxes in original-image pixels.
 
-    >>> d = Detections.empty()
-    >>> len(d), d.xyxy.shape
-    (0, (0, 4))
+    Behaves like a sequence of detections: `len`, iteration (one `(xyxy, confidence, class_id,
+    class_name)` tuple each), and indexing by an int, a slice, integer indices or a boolean mask
+    (each returns `Detections`). Equal when every field is equal.
+
+    >>> d = Detections(np.array([[10, 20, 30, 60], [0, 0, 5, 5]]), np.array([0.9, 0.3]), np.array([2, 0]),
+    ...                ["cat", "dog"])
+    >>> len(d), d[d.confidence > 0.5].class_name, d[1:] == d[[1]]
+    (2, ['cat'], True)
+    >>> Detections.empty() == Detections.empty()
+    True
     """
 
     xyxy: np.ndarray  # int32 [N, 4]: x_min, y_min, x_max, y_max
@@ -31,17 +48,71 @@ class Detections:
     class_id: np.ndarray  # int32 [N]
     class_name: list[str] = field(default_factory=list)
 
-    def __len__(self) -> int:
-        return int(self.xyxy.shape[0])
+    def __post_init__(self) -> None:
+        self.xyxy = _array(self.xyxy, "xyxy", "i", np.int32, "[N, 4] pixel coordinates")
+        if self.xyxy.ndim != 2 or self.xyxy.shape[1] != 4:
+            raise ValueError(f"Detections.xyxy: expected shape [N, 4], got {list(self.xyxy.shape)}")
+        n = self.xyxy.shape[0]
+        self.confidence = _array(self.confidence, "confidence", "f", np.float32, "[N] scores")
+        self.class_id = _array(self.class_id, "class_id", "i", np.int32, "[N] class indices")
+        for name in ("confidence", "class_id"):
+            shape = list(getattr(self, name).shape)
+            if shape != [n]:
+                raise ValueError(f"Detections.{name}: expected shape [{n}] (one per box), got {shape}")
+        if isinstance(self.class_name, (str, bytes)) or not isinstance(self.class_name, Sequence):
+            raise ValueError(f"Detections.class_name: expected a list of {n} strings, got {type(self.class_name).__name__}")
+        self.class_name = list(self.class_name)
+        if len(self.class_name) != n or not all(isinstance(c, str) for c in self.class_name):
+            raise ValueError(f"Detections.class_name: expected {n} strings (one per box), got {self.class_name!r}")
 
     @classmethod
     def empty(cls) -> Detections:
+        """No detections."""
         return cls(np.zeros((0, 4), np.int32), np.zeros(0, np.float32), np.zeros(0, np.int32), [])
+
+    def __len__(self) -> int:
+        return int(self.xyxy.shape[0])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Detections):
+            return NotImplemented
+        return (
+            np.array_equal(self.xyxy, other.xyxy)
+            and np.array_equal(self.confidence, other.confidence)
+            and np.array_equal(self.class_id, other.class_id)
+            and self.class_name == other.class_name
+        )
+
+    __hash__ = None  # mutable fields: not hashable, like a list
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float, int, str]]:
+        for i in range(len(self)):
+            yield self.xyxy[i], float(self.confidence[i]), int(self.class_id[i]), self.class_name[i]
+
+    def __getitem__(self, index: int | slice | Sequence[int] | np.ndarray) -> Detections:
+        if isinstance(index, (int, np.integer)):
+            if not -len(self) <= index < len(self):
+                raise IndexError(f"detection {index} out of range ({len(self)} detections)")
+            index = [int(index)]
+        if isinstance(index, slice):
+            rows = np.arange(len(self))[index]
+        else:
+            rows = np.asarray(index)
+            if rows.dtype == bool:
+                if rows.shape != (len(self),):
+                    raise IndexError(f"boolean mask of shape {list(rows.shape)} for {len(self)} detections")
+                rows = np.flatnonzero(rows)
+            elif rows.size == 0:
+                rows = rows.astype(np.intp)
+            elif rows.dtype.kind not in "iu" or rows.ndim != 1:
+                raise IndexError(f"index detections with an int, a slice, integer indices or a boolean mask, got {index!r}")
+        return Detections(self.xyxy[rows], self.confidence[rows], self.class_id[rows],
+                          [self.class_name[i] for i in rows.tolist()])
 
     def to_supervision(self) -> supervision.Detections:
         """A `supervision.Detections` (float boxes; class names in `data["class_name"]`), for annotators.
 
-        >>> annotated = sv.BoxAnnotator().annotate(frame.copy(), dets.to_supervision())  # doctest: +SKIP
+        >>> annotated = sv.BoxAnnotator().annotate(frame.copy(), dets.to_supervision())  # image  # doctest: +SKIP
         """
         import supervision as sv
 
@@ -51,6 +122,32 @@ class Detections:
             class_id=self.class_id.astype(np.int64),
             data={"class_name": np.array(self.class_name, dtype=object).reshape(-1)},
         )
+
+    @classmethod
+    def from_supervision(cls, detections: supervision.Detections,
+                         class_names: Sequence[str] | None = None) -> Detections:
+        """From a `supervision.Detections`: boxes rounded to whole pixels, names from
+        `data["class_name"]` or else `class_names[class_id]`.
+
+        >>> import supervision as sv
+        >>> Detections.from_supervision(sv.Detections(np.array([[1.4, 2.6, 9.5, 8.0]]), confidence=np.array([0.8]),
+        ...                                           class_id=np.array([1])), ["cat", "dog"]).class_name
+        ['dog']
+        """
+        if detections.confidence is None or detections.class_id is None:
+            raise ValueError("from_supervision: the supervision Detections needs confidence and class_id")
+        class_id = np.asarray(detections.class_id)
+        names = detections.data.get("class_name") if detections.data else None
+        if names is not None:
+            names = [str(n) for n in np.asarray(names).reshape(-1).tolist()]
+        elif class_names is not None:
+            if class_id.size and (class_id.min() < 0 or class_id.max() >= len(class_names)):
+                raise ValueError(f"from_supervision: class_id outside the {len(class_names)} class_names")
+            names = [class_names[i] for i in class_id.tolist()]
+        else:
+            raise ValueError("from_supervision: no data['class_name'] in the detections; pass class_names")
+        xyxy = np.rint(np.asarray(detections.xyxy, dtype=np.float64)).astype(np.int32).reshape(-1, 4)
+        return cls(xyxy, np.asarray(detections.confidence, dtype=np.float32), class_id, names)
 
     def to_inference_json(self) -> list[dict[str, Any]]:
         """The inference server's prediction objects: centre x/y, width, height, confidence, class, ids.
