@@ -6,6 +6,7 @@ from rfpipe.detector import Detector
 from rfpipe.geometry import Overrides, PreprocessMetadata, StaticCropOffset
 from rfpipe.postprocess import postprocess
 from rfpipe.preprocess import preprocess
+from rfpipe.preprocess.cuda import pinned_frame
 
 __version__ = "0.1.0"
 
@@ -19,6 +20,7 @@ __all__ = [
     "PreprocessMetadata",
     "StaticCropOffset",
     "load_config",
+    "pinned_frame",
     "postprocess",
     "preprocess",
 ]

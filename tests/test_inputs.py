@@ -4,6 +4,7 @@ documented conversions are exact, and every refusal names the problem."""
 from __future__ import annotations
 
 import importlib
+import os
 
 import numpy as np
 import pytest
@@ -416,3 +417,20 @@ def test_bad_image_size(size, error):
 def test_config_must_be_a_model_config():
     with pytest.raises(TypeError, match="config must be an rfpipe.ModelConfig, got dict"):
         rfpipe.preprocess(np.zeros((10, 12, 3), np.uint8), {"network_input": {}}, implementation="reference")
+
+
+def test_pinned_frame_is_public_and_works_without_cuda():
+    """`rfpipe.pinned_frame` (the documented fast path) imports and runs on a machine without CUDA."""
+    import subprocess
+    import sys
+
+    code = ("import rfpipe; from rfpipe.preprocess.cuda import pinned_frame; f = rfpipe.pinned_frame(4, 6); "
+            "assert 'pinned_frame' in rfpipe.__all__ and pinned_frame is rfpipe.pinned_frame; "
+            "print(f.shape, f.dtype)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["(4,", "6,", "3)", "uint8"]
+    frame = rfpipe.pinned_frame(30, 50)
+    frame[:] = random_image(np.random.default_rng(2), 50, 30)
+    assert_same(call(frame), call(frame.copy()))
