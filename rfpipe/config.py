@@ -114,8 +114,8 @@ class ModelConfig:
     def from_dict(
         cls,
         config: dict[str, Any],
-        class_names: list[str] | tuple[str, ...] | None = None,
         *,
+        class_names: list[str] | tuple[str, ...] | None = None,
         source: str = "<dict>",
     ) -> ModelConfig:
         """Build a config from a parsed `inference_config.json`.

@@ -124,14 +124,14 @@ class Detections:
         )
 
     @classmethod
-    def from_supervision(cls, detections: supervision.Detections,
+    def from_supervision(cls, detections: supervision.Detections, *,
                          class_names: Sequence[str] | None = None) -> Detections:
         """From a `supervision.Detections`: boxes rounded to whole pixels, names from
         `data["class_name"]` or else `class_names[class_id]`.
 
         >>> import supervision as sv
         >>> Detections.from_supervision(sv.Detections(np.array([[1.4, 2.6, 9.5, 8.0]]), confidence=np.array([0.8]),
-        ...                                           class_id=np.array([1])), ["cat", "dog"]).class_name
+        ...                                           class_id=np.array([1])), class_names=["cat", "dog"]).class_name
         ['dog']
         """
         if detections.confidence is None or detections.class_id is None:

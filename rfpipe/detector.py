@@ -179,7 +179,7 @@ class Detector:
     ) -> tuple[torch.Tensor, list[PreprocessMetadata]]:
         """The network batch on this detector's device and per-image metadata (see `rfpipe.preprocess`)."""
         return preprocess(
-            images, self.config, self.device, input_color_format=input_color_format, image_size=image_size,
+            images, self.config, device=self.device, input_color_format=input_color_format, image_size=image_size,
             overrides=overrides, implementation=implementation, synchronize=synchronize,
         )
 

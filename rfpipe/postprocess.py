@@ -99,6 +99,7 @@ def postprocess(
     boxes: torch.Tensor,
     metadata: Sequence[PreprocessMetadata],
     config: ModelConfig,
+    *,
     confidence: Confidence = DEFAULT_CONFIDENCE,
 ) -> list[Detections]:
     """Detections for each image from the network's outputs and the preprocessing metadata.

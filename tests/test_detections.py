@@ -64,6 +64,6 @@ def test_supervision_round_trip_keeps_every_field():
     converted = d.to_supervision()
     assert Detections.from_supervision(converted) == d
     converted.data = {}
-    assert Detections.from_supervision(converted, ["a", "b"]) == d
+    assert Detections.from_supervision(converted, class_names=["a", "b"]) == d
     with pytest.raises(ValueError, match="pass class_names"):
         Detections.from_supervision(converted)

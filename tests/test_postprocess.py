@@ -217,3 +217,17 @@ def test_inference_json_and_supervision_conversions():
     assert isinstance(converted, sv.Detections)
     assert converted.xyxy.tolist() == [[10.0, 20.0, 31.0, 60.0]]
     assert converted.data["class_name"].tolist() == ["car"]
+
+
+def test_options_after_config_are_keyword_only():
+    """`postprocess(logits, boxes, metadata, config, *, confidence=...)`, like `preprocess`."""
+    config = rfpipe.ModelConfig.from_dict(make_raw_config(size=(100, 50)), class_names=["a", "b"])
+    batch, meta = rfpipe.preprocess(np.zeros((50, 100, 3), np.uint8), config)
+    logits, boxes = torch.zeros(1, 3, 2), torch.full((1, 3, 4), 0.5)
+    with pytest.raises(TypeError):
+        rfpipe.postprocess(logits, boxes, meta, config, 0.5)
+    with pytest.raises(TypeError):
+        rfpipe.preprocess(np.zeros((50, 100, 3), np.uint8), config, "cpu")
+    with pytest.raises(TypeError):
+        rfpipe.ModelConfig.from_dict(make_raw_config(size=(100, 50)), ["a", "b"])
+    assert len(rfpipe.postprocess(logits, boxes, meta, config, confidence=0.0)[0]) == 3
