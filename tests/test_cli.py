@@ -220,3 +220,71 @@ def test_predict_says_which_model_ran(packages, images, tmp_path, capsys):  # no
     main(["predict", str(given), str(images / "coffee.png"), "--device", "cpu", "--quiet"])
     err = capsys.readouterr().err
     assert f"model: {given}, as given" in err and "UNTRAINED" not in err
+
+
+def _parse(argv):
+    from rfpipe.tools.cli import build_parser
+
+    return build_parser().parse_args(argv)
+
+
+def test_shared_flags_mean_the_same_in_every_command():
+    """--device, --backend, --dtype, --implementation: one definition (rfpipe.arguments) for all."""
+    from rfpipe.arguments import BACKEND_CHOICES, DTYPE_CHOICES
+    from rfpipe.devices import default_device
+
+    for command in (["predict", "pkg", "img.jpg"], ["bench", "pkg"], ["parity", "pkg", "--a", "cpu", "--b", "reference"]):
+        args = _parse(command)
+        assert args.device == default_device() and args.backend == "auto" and args.dtype is None
+        for backend in BACKEND_CHOICES:
+            assert _parse([*command, "--backend", backend]).backend == backend
+        for dtype in DTYPE_CHOICES:
+            assert _parse([*command, "--dtype", dtype]).dtype == dtype
+    assert _parse(["predict", "pkg", "i.jpg", "--implementation", "cpu"]).implementation == "cpu"
+    assert _parse(["parity", "pkg", "--a", "cpu", "--b", "reference", "--implementation", "cuda"]).implementation == "cuda"
+    assert _parse(["bench", "pkg", "--implementation", "cpu,reference"]).implementation == ["cpu", "reference"]
+    assert _parse(["bench", "pkg"]).implementation is None  # reference,cpu[,cuda]
+
+
+@pytest.mark.parametrize("argv", [
+    ["parity", "pkg", "--a", "cpu", "--b", "reference", "--implementation", "fast"],
+    ["predict", "pkg", "i.jpg", "--implementation", "fast"],
+    ["bench", "pkg", "--implementation", "cpu,fast"],
+    ["bench", "pkg", "--backend", "tflite"],
+    ["predict", "pkg", "i.jpg", "--dtype", "int8"],
+])
+def test_unknown_choices_are_refused_by_the_parser(argv, capsys):
+    with pytest.raises(SystemExit):
+        _parse(argv)
+    err = capsys.readouterr().err
+    assert "invalid choice" in err or "unknown implementation 'fast'" in err, err
+
+
+def test_bench_keeps_the_old_implementations_spelling_hidden(capsys):
+    assert _parse(["bench", "pkg", "--implementations", "reference"]).implementation == ["reference"]
+    with pytest.raises(SystemExit):
+        _parse(["bench", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--implementation " in help_text and "--implementations" not in help_text
+
+
+def test_parity_names_the_torchvision_side_as_users_know_it(capsys):
+    import rfpipe.tools.parity as parity
+
+    with pytest.raises(SystemExit):
+        _parse(["parity", "--help"])
+    assert "roboflow/inference PR #2477" in " ".join(capsys.readouterr().out.split())
+    assert "seed PR" not in parity.__doc__ and "PR #2477" in parity.__doc__
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:9"])
+def test_predict_on_a_device_that_does_not_exist_is_a_one_line_error(packages, images, device):  # noqa: F811
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "rfpipe.tools.cli", "predict", str(packages["stretch"]), str(images),
+                           "--device", device], capture_output=True, text=True, timeout=300, env=os.environ)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("rfpipe predict: error:") and repr(device) in lines[0]

@@ -1,7 +1,7 @@
 """The `rfpipe` command: predict, bench, parity, export, and serve (the HTTP server's own CLI).
 
     rfpipe predict MODEL IMAGES_OR_DIRS... [--out DIR] [--json] [--confidence 0.4] [--device cuda]
-    rfpipe bench MODEL [--images DIR] [--batch 1,4,8] [--implementations reference,cpu]
+    rfpipe bench MODEL [--images DIR] [--batch 1,4,8] [--implementation reference,cpu]
     rfpipe parity MODEL --images DIR --a reference --b torchvision [--annotations coco.json]
     rfpipe parity MODEL --images DIR --a cuda --b cuda+gpu-decode   # what serve --gpu-decode changes
     rfpipe export CHECKPOINT OUT_DIR
@@ -20,28 +20,21 @@ from pathlib import Path
 
 import torch
 
-from rfpipe.backends import BACKENDS, BackendUnavailable
+from rfpipe.arguments import add_implementation, add_model_options, backend_options
+from rfpipe.backends import BackendUnavailable
 from rfpipe.config import ConfigError
-from rfpipe.preprocess import IMPLEMENTATIONS
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model package directory or rfdetr checkpoint (.pth)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--backend", default="auto", choices=["auto", *BACKENDS])
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="torch backend precision")
+    add_model_options(parser)
     parser.add_argument("--confidence", type=float, default=0.4, help="keep detections above this (default 0.4)")
 
 
-def _backend_options(args: argparse.Namespace) -> dict:
-    return {"dtype": args.dtype} if args.dtype else {}
-
-
-def _load(args: argparse.Namespace, backend: str | None = None):
+def _load(args: argparse.Namespace):
     from rfpipe.detector import Detector
 
-    return Detector.load(args.model, device=args.device, backend=backend or args.backend, **_backend_options(args))
+    return Detector.load(args.model, device=args.device, backend=args.backend, **backend_options(args))
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -62,8 +55,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _sample_or_folder(folder: Path | None) -> list[Path]:
-    from rfpipe.tools.predict import IMAGE_SUFFIXES
     from rfpipe.samples import sample_paths
+    from rfpipe.tools.predict import IMAGE_SUFFIXES
 
     if folder is None:
         return sample_paths()
@@ -73,14 +66,9 @@ def _sample_or_folder(folder: Path | None) -> list[Path]:
     return paths
 
 
-def _implementations(value: str | None, device: str) -> list[str]:
-    if value is None:
-        names = ["reference", "cpu"] + (["cuda"] if torch.device(device).type == "cuda" else [])
-    else:
-        names = [v.strip() for v in value.split(",") if v.strip()]
-    for name in names:
-        if name not in IMPLEMENTATIONS and name != "auto":
-            raise ValueError(f"unknown implementation {name!r} (expected {list(IMPLEMENTATIONS)} or auto)")
+def _implementations(names: list[str] | None, device: torch.device) -> list[str]:
+    if names is None:
+        return ["reference", "cpu"] + (["cuda"] if device.type == "cuda" else [])
     return names
 
 
@@ -93,7 +81,7 @@ def _bench(args: argparse.Namespace) -> int:
     baseline = None
     if args.compare_inference_models:
         baseline = bench.load_inference_models(Path(args.model), detector.backend_name, detector.device)
-    rows = bench.run_bench(detector, encoded, batches, _implementations(args.implementations, args.device),
+    rows = bench.run_bench(detector, encoded, batches, _implementations(args.implementation, detector.device),
                            reps=args.reps, warmup=args.warmup, confidence=args.confidence, baseline=baseline,
                            progress=not args.quiet)
     device_name = torch.cuda.get_device_name(detector.device) if detector.device.type == "cuda" else platform.processor() or "cpu"
@@ -114,7 +102,7 @@ def _parity(args: argparse.Namespace) -> int:
     from rfpipe.tools import parity
 
     side_a, side_b = parity.make_sides(args.model, args.a, args.b, args.device, args.backend, args.implementation,
-                                       **_backend_options(args))
+                                       **backend_options(args))
     report = parity.run_parity(side_a, side_b, _sample_or_folder(args.images), args.confidence,
                                args.annotations, progress=not args.quiet)
     print(parity.format_report(report))
@@ -143,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", help="image or video files, or folders of them")
     predict.add_argument("--out", type=Path, help="write <name>.json and annotated images/videos here")
     predict.add_argument("--json", action="store_true", help="print one JSON response per image to stdout")
-    predict.add_argument("--implementation", default="auto", choices=["auto", *IMPLEMENTATIONS])
+    add_implementation(predict)
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(run=_predict)
 
@@ -151,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arguments(bench)
     bench.add_argument("--images", type=Path, help="folder of images (default: the bundled samples)")
     bench.add_argument("--batch", default="1,4,8", help="batch sizes, comma-separated (default 1,4,8)")
-    bench.add_argument("--implementations", help="preprocessing implementations (default: reference,cpu[,cuda])")
+    add_implementation(bench, several=True, default=None,
+                       help="preprocessing implementations to time (default: reference,cpu[,cuda])")
     bench.add_argument("--reps", type=int, default=20)
     bench.add_argument("--warmup", type=int, default=3)
     bench.add_argument("--compare-inference-models", action="store_true",
@@ -164,11 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arguments(parity)
     parity.add_argument("--images", type=Path, help="folder of images (default: the bundled samples)")
     parity.add_argument("--a", required=True,
-                        help="reference|cpu|cuda|torchvision, or a backend name; '+gpu-decode' (e.g. cuda+gpu-decode) "
+                        help="reference|cpu|cuda|torchvision (torchvision: the tensor-resize path of "
+                             "roboflow/inference PR #2477, not exact), or a backend name; '+gpu-decode' (e.g. cuda+gpu-decode) "
                              "decodes JPEG as 'rfpipe serve --gpu-decode' does (torchvision on --device), "
                              "'+opencv' (the default) with OpenCV")
     parity.add_argument("--b", required=True, help="as --a")
-    parity.add_argument("--implementation", default="auto", help="preprocessing for backend-vs-backend runs")
+    add_implementation(parity, help="preprocessing for backend-vs-backend runs")
     parity.add_argument("--annotations", type=Path, help="COCO json with ground truth (default: A's detections)")
     parity.add_argument("--out", type=Path, help="write parity.json and parity.png here")
     parity.add_argument("--quiet", action="store_true")

@@ -19,6 +19,7 @@ import cv2
 import torch
 
 import rfpipe
+from rfpipe.devices import default_device
 from rfpipe.samples import load_samples
 from rfpipe.testing.untrained import cached_packages
 from rfpipe.tools.predict import annotate
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
                         "default: the untrained RF-DETR Nano")
     parser.add_argument("--confidence", type=float, default=0.4, help="keep detections above this (default 0.4)")
     args = parser.parse_args(argv)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     start = time.perf_counter()
     if args.model is None:
         print("rfpipe demo. Model: the UNTRAINED RF-DETR Nano (random weights, built offline): "

@@ -1,8 +1,8 @@
 """`rfpipe parity`: compare two preprocessing implementations, two backends, or two decoders, over a folder of images.
 
-A side is an implementation ('reference', 'cpu', 'cuda', or 'torchvision': the seed PR's tensor path,
-torchvision's antialiased float resize, not exact, kept as a comparator; it has float-tensor
-stretch semantics) or a backend ('onnx', 'torch', 'tensorrt'), optionally followed by a decoder:
+A side is an implementation ('reference', 'cpu', 'cuda', or 'torchvision': the tensor-resize path
+of roboflow/inference PR #2477, torchvision's antialiased float resize, not exact, kept as a
+comparator; it has float-tensor stretch semantics) or a backend ('onnx', 'torch', 'tensorrt'), optionally followed by a decoder:
 '+opencv' (the default: rfpipe.io.decode, the reference's own decode) or '+gpu-decode' (what
 `rfpipe serve --gpu-decode` does: JPEG decoded by torchvision on the parity device, nvJPEG on
 CUDA, torchvision's libjpeg-turbo on the CPU; other formats and declined JPEG by OpenCV on both
@@ -30,8 +30,8 @@ import torch
 from rfpipe.backends import BACKENDS
 from rfpipe.detections import Detections
 from rfpipe.detector import Detector
-from rfpipe.tools.predict import read_image
 from rfpipe.preprocess import IMPLEMENTATIONS
+from rfpipe.tools.predict import read_image
 
 IMPLEMENTATION_SIDES = (*IMPLEMENTATIONS, "torchvision")
 DECODERS = ("opencv", "gpu-decode")
@@ -51,7 +51,7 @@ class Side:
 
     def preprocess(self, image: np.ndarray | torch.Tensor):
         if self.implementation == "torchvision":
-            # The seed PR's path: uint8 frame -> float CHW on the device -> antialiased tensor resize.
+            # The tensor-resize path of roboflow/inference PR #2477: uint8 frame -> float CHW on the device -> antialiased tensor resize.
             tensor = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image))
             tensor = tensor.to(self.detector.device).permute(2, 0, 1).float().div(255)
             return self.detector.preprocess(tensor, implementation="reference")

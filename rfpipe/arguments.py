@@ -1,0 +1,69 @@
+"""Command-line flags shared by the `rfpipe` commands and `rfpipe serve`: one definition each.
+
+A flag means the same in every command: `--device` defaults to `default_device()` everywhere,
+`--backend` and `--dtype` have the same choices wherever a model is loaded, `--implementation`
+is spelled one way. The server's parser imports these too (the library never imports `tools`).
+
+>>> parser = argparse.ArgumentParser(prog="demo")
+>>> add_model_options(parser)
+>>> add_implementation(parser, several=True)
+>>> args = parser.parse_args(["--backend", "onnx", "--implementations", "cpu,reference"])
+>>> args.device == default_device(), args.backend, args.implementation, backend_options(args)
+(True, 'onnx', ['cpu', 'reference'], {})
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from rfpipe.backends import BACKENDS
+from rfpipe.devices import default_device
+from rfpipe.preprocess import IMPLEMENTATIONS
+
+BACKEND_CHOICES = ("auto", *BACKENDS)
+DTYPE_CHOICES = ("float32", "float16", "bfloat16")
+IMPLEMENTATION_CHOICES = ("auto", *IMPLEMENTATIONS)
+
+
+def add_device(parser: argparse.ArgumentParser, *, several: bool = False) -> None:
+    """`--device`: where the model runs (default: `default_device()`, cuda when a GPU is present)."""
+    what = "cpu, cuda, cuda:1 ..." + (" or a comma list such as cuda:0,cuda:1 (one worker per device)" if several else "")
+    parser.add_argument("--device", default=default_device(), help=f"{what} (default: cuda when available, else cpu)")
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, several_devices: bool = False) -> None:
+    """`--device`, `--backend` and `--dtype`: the flags of every command that loads a model."""
+    add_device(parser, several=several_devices)
+    parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                        help="runtime of the network (default: auto, the fastest the package and device allow)")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, help="torch backend precision (default: the backend's)")
+
+
+def backend_options(args: argparse.Namespace) -> dict[str, str]:
+    """The `Detector.load` keyword options the model flags ask for (none when left at their default)."""
+    return {"dtype": args.dtype} if getattr(args, "dtype", None) else {}
+
+
+def _implementation_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in IMPLEMENTATION_CHOICES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown implementation {', '.join(map(repr, unknown)) or repr(text)} "
+            f"(choose from {', '.join(IMPLEMENTATION_CHOICES)}; comma-separated)"
+        )
+    return names
+
+
+def add_implementation(parser: argparse.ArgumentParser, *, several: bool = False, default: str | None = "auto",
+                       help: str = "preprocessing implementation") -> None:
+    """`--implementation`: one of auto, reference, cpu, cuda; with `several`, a comma list
+    (`--implementations`, the older spelling, still works and is not shown in --help)."""
+    if not several:
+        parser.add_argument("--implementation", default=default, choices=IMPLEMENTATION_CHOICES,
+                            help=f"{help} (default: {default})")
+        return
+    parser.add_argument("--implementation", type=_implementation_list, default=default,
+                        help=f"{help}; comma-separated from {', '.join(IMPLEMENTATION_CHOICES)}")
+    parser.add_argument("--implementations", dest="implementation", type=_implementation_list,
+                        help=argparse.SUPPRESS)
