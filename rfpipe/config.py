@@ -132,7 +132,7 @@ class ModelConfig:
 def load_config(path: str | Path) -> ModelConfig:
     """Load a model package directory (or its `inference_config.json` directly).
 
-    >>> cfg = load_config("path/to/package")  # doctest: +SKIP
+    >>> cfg = load_config("path/to/package")  # model  # doctest: +SKIP
     """
     path = Path(path)
     config_path = path / CONFIG_FILE if path.is_dir() else path

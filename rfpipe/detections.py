@@ -112,7 +112,11 @@ class Detections:
     def to_supervision(self) -> supervision.Detections:
         """A `supervision.Detections` (float boxes; class names in `data["class_name"]`), for annotators.
 
-        >>> annotated = sv.BoxAnnotator().annotate(frame.copy(), dets.to_supervision())  # image  # doctest: +SKIP
+        >>> import supervision as sv
+        >>> dets = Detections(np.array([[2, 2, 20, 12]]), np.array([0.9]), np.array([0]), ["cat"])
+        >>> annotated = sv.BoxAnnotator().annotate(np.zeros((32, 32, 3), np.uint8), dets.to_supervision())
+        >>> int(annotated.max()) > 0, dets.to_supervision().data["class_name"].tolist()
+        (True, ['cat'])
         """
         import supervision as sv
 

@@ -113,8 +113,8 @@ def _align_to_static_input(config: ModelConfig, backend: Backend) -> ModelConfig
 class Detector:
     """An RF-DETR detector: `Detector.load(path)(images)` -> one `Detections` per image.
 
-    >>> model = rfpipe.Detector.load("path/to/package", device="cuda")  # doctest: +SKIP
-    >>> model(frame_bgr, confidence=0.5)[0].xyxy  # doctest: +SKIP
+    >>> model = rfpipe.Detector.load("path/to/package", device="cuda")  # model  # doctest: +SKIP
+    >>> model(frame_bgr, confidence=0.5)[0].xyxy  # model  # doctest: +SKIP
     """
 
     def __init__(self, config: ModelConfig, backend: Backend, device: str | torch.device = "cpu"):
@@ -131,7 +131,7 @@ class Detector:
         `backend` is 'auto', 'onnx', 'tensorrt' or 'torch'; `options` go to the backend (torch:
         dtype='float16'; onnx: threads=N).
 
-        >>> model = Detector.load("checkpoint_best_total.pth", device="cpu")  # doctest: +SKIP
+        >>> model = Detector.load("checkpoint_best_total.pth", device="cpu")  # model  # doctest: +SKIP
         """
         path = Path(path)
         device = resolve_device(device)

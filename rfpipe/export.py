@@ -39,7 +39,7 @@ def package_config(resolution: int) -> dict:
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, onnx: bool = True) -> Path:
     """Write a model package for an rfdetr training checkpoint into `out_dir` (created if needed).
 
-    >>> export_checkpoint("checkpoint_best_total.pth", "my-package")  # doctest: +SKIP
+    >>> export_checkpoint("checkpoint_best_total.pth", "my-package")  # model  # doctest: +SKIP
     PosixPath('my-package')
     """
     import_rfdetr()

@@ -121,7 +121,10 @@ def _warn_ignored_size(requested: ImageSize, trained: ImageSize, source: str) ->
 def resolve_target_size(config: ModelConfig, image_size: int | tuple[int, int] | None) -> ImageSize:
     """The network input size: the training size, or `image_size` where the model allows it.
 
-    >>> resolve_target_size(cfg, (500, 300))  # divisible by 32  # doctest: +SKIP
+    >>> cfg = ModelConfig.from_dict({"network_input": {"training_input_size": {"width": 560, "height": 560},
+    ...     "dynamic_spatial_size_supported": True,
+    ...     "dynamic_spatial_size_mode": {"type": "pad-to-be-divisible", "value": 32}}})
+    >>> resolve_target_size(cfg, (500, 300))  # padded up to multiples of 32
     ImageSize(width=512, height=320)
     """
     trained = config.training_size
@@ -203,7 +206,8 @@ def plan_image(
     `stretch_only` plans the float-tensor semantics: one resize straight to the target whatever the
     resize mode (the reference never replays the dataset-version step for float tensors).
 
-    >>> plan_image(cfg, ImageSize(1920, 1080), ImageSize(560, 560)).metadata.scale_width  # doctest: +SKIP
+    >>> cfg = ModelConfig.from_dict({"network_input": {"training_input_size": {"width": 560, "height": 560}}})
+    >>> plan_image(cfg, ImageSize(1920, 1080), ImageSize(560, 560)).metadata.scale_width
     0.2916666666666667
     """
     overrides = overrides or Overrides()

@@ -35,7 +35,10 @@ def class_layout(config: ModelConfig) -> tuple[tuple[str, ...], list[int]]:
     Removed classes (`class_names_operations`) are dropped and the remaining ids close up, as the
     reference's remapping does; columns past the names (the no-object column) are dropped too.
 
-    >>> class_layout(config)  # names a, b, c with b removed  # doctest: +SKIP
+    >>> config = ModelConfig.from_dict({"network_input": {"training_input_size": {"width": 64, "height": 64}},
+    ...     "class_names_operations": [{"type": "class_name_removal", "class_name": "b"}]},
+    ...     class_names=["a", "b", "c"])
+    >>> class_layout(config)
     (('a', 'c'), [0, -1, 1])
     """
     if not config.class_names:
@@ -107,9 +110,9 @@ def postprocess(
     `logits` [B, Q, C] and `boxes` [B, Q, 4] (normalised cxcywh) on any device; `confidence` is a
     float, one value per class id, or a dict of class name -> threshold (others use 0.4).
 
-    >>> batch, meta = rfpipe.preprocess(frame, config)  # doctest: +SKIP
-    >>> logits, boxes = backend(batch)  # doctest: +SKIP
-    >>> rfpipe.postprocess(logits, boxes, meta, config, confidence=0.5)[0].xyxy  # doctest: +SKIP
+    >>> batch, meta = rfpipe.preprocess(frame, config)  # model  # doctest: +SKIP
+    >>> logits, boxes = backend(batch)  # model  # doctest: +SKIP
+    >>> rfpipe.postprocess(logits, boxes, meta, config, confidence=0.5)[0].xyxy  # model  # doctest: +SKIP
     """
     if logits.dim() != 3 or boxes.dim() != 3 or boxes.shape[-1] != 4 or logits.shape[:2] != boxes.shape[:2]:
         raise ValueError(

@@ -34,8 +34,8 @@ def _onnxruntime():
 class OnnxBackend:
     """Runs an RF-DETR ONNX graph: batch -> (logits, boxes) float32 on the batch's device.
 
-    >>> backend = OnnxBackend("pkg/weights.onnx", device="cpu")  # doctest: +SKIP
-    >>> logits, boxes = backend(batch)  # doctest: +SKIP
+    >>> backend = OnnxBackend("pkg/weights.onnx", device="cpu")  # model  # doctest: +SKIP
+    >>> logits, boxes = backend(batch)  # model  # doctest: +SKIP
     """
 
     name = "onnx"

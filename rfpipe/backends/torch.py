@@ -143,7 +143,7 @@ def load_package_weights(weights_path: str | Path, model_type: str, resolution: 
                          device: str | torch.device = "cpu", **options) -> TorchBackend:
     """The backend for a package's `weights.pth` (a dict with a `model` state dict).
 
-    >>> backend = load_package_weights("pkg/weights.pth", "rfdetr-nano", 384)  # doctest: +SKIP
+    >>> backend = load_package_weights("pkg/weights.pth", "rfdetr-nano", 384)  # model  # doctest: +SKIP
     """
     checkpoint = torch.load(weights_path, map_location="cpu", weights_only=False)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
@@ -155,7 +155,7 @@ def load_package_weights(weights_path: str | Path, model_type: str, resolution: 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", **options) -> tuple[TorchBackend, CheckpointInfo]:
     """The backend and facts (resolution, class names) of an rfdetr training checkpoint.
 
-    >>> backend, info = load_checkpoint("checkpoint_best_total.pth")  # doctest: +SKIP
+    >>> backend, info = load_checkpoint("checkpoint_best_total.pth")  # model  # doctest: +SKIP
     """
     import_rfdetr()
     from rfdetr.detr import RFDETR

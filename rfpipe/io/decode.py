@@ -125,7 +125,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
 def jpeg_components(data: bytes | bytearray | memoryview) -> int:
     """Colour components a JPEG's frame header declares: 1 (grey), 3 (YCbCr or RGB), 4 (CMYK or YCCK).
 
-    >>> jpeg_components(open("photo.jpg", "rb").read())  # doctest: +SKIP
+    >>> jpeg_components(open("photo.jpg", "rb").read())  # file  # doctest: +SKIP
     3
     """
     data = bytes(data)
@@ -229,7 +229,7 @@ _SIZE_READERS = {"jpeg": _jpeg_size, "png": _png_size, "bmp": _bmp_size, "webp":
 def read_header(data: bytes | bytearray | memoryview) -> ImageHeader:
     """Format and declared size of encoded image bytes, without decoding any pixel.
 
-    >>> read_header(open("photo.jpg", "rb").read())  # doctest: +SKIP
+    >>> read_header(open("photo.jpg", "rb").read())  # file  # doctest: +SKIP
     ImageHeader(format='jpeg', width=1920, height=1080)
     """
     if not isinstance(data, bytes):
@@ -258,7 +258,7 @@ def _check_size(header: ImageHeader, max_pixels: int) -> None:
 def checked_header(data: bytes | bytearray | memoryview, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHeader:
     """`read_header`, then the pixel limit: what every decoder checks before decoding a pixel.
 
-    >>> checked_header(open("photo.jpg", "rb").read(), max_pixels=40_000_000)  # doctest: +SKIP
+    >>> checked_header(open("photo.jpg", "rb").read(), max_pixels=40_000_000)  # file  # doctest: +SKIP
     ImageHeader(format='jpeg', width=1920, height=1080)
     """
     header = read_header(data)
@@ -288,7 +288,7 @@ def exif_orientation(data: bytes | bytearray | memoryview) -> int:
     the entry or a tag OpenCV reads whose value lies outside the block (before the Orientation entry).
     Raises CorruptImageError where the headers are not a JPEG marker sequence.
 
-    >>> exif_orientation(open("phone_photo.jpg", "rb").read())  # doctest: +SKIP
+    >>> exif_orientation(open("phone_photo.jpg", "rb").read())  # file  # doctest: +SKIP
     6
     """
     data = bytes(data)
@@ -347,8 +347,8 @@ def decode_image(
     EXIF orientation is applied unless `auto_orient=False` (the inference server's
     `disable_preproc_auto_orient`). Raises a `DecodeError` subclass naming the problem.
 
-    >>> frame = decode_image(open("photo.jpg", "rb").read())  # doctest: +SKIP
-    >>> frame.shape, frame.dtype  # doctest: +SKIP
+    >>> frame = decode_image(open("photo.jpg", "rb").read())  # file  # doctest: +SKIP
+    >>> frame.shape, frame.dtype  # file  # doctest: +SKIP
     ((1080, 1920, 3), dtype('uint8'))
     """
     header = checked_header(data, max_pixels)

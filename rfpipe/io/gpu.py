@@ -135,8 +135,8 @@ def decode_jpeg_on_device(
     docstring); `decode_for_device` falls back to the CPU for them. On CUDA the frame is complete
     when this returns.
 
-    >>> frame = decode_jpeg_on_device(open("photo.jpg", "rb").read(), "cuda:0")  # doctest: +SKIP
-    >>> frame.shape, frame.device  # doctest: +SKIP
+    >>> frame = decode_jpeg_on_device(open("photo.jpg", "rb").read(), "cuda:0")  # gpu  # doctest: +SKIP
+    >>> frame.shape, frame.device  # gpu  # doctest: +SKIP
     (torch.Size([1080, 1920, 3]), device(type='cuda', index=0))
     """
     data = bytes(data)
@@ -182,8 +182,8 @@ def decode_for_device(
 
     Both are BGR uint8 HWC frames with OpenCV's geometry; errors are `decode_image`'s DecodeErrors.
 
-    >>> frame = decode_for_device(request_bytes, "cuda:0", max_pixels=40_000_000)  # doctest: +SKIP
-    >>> isinstance(frame, torch.Tensor)  # decoded by nvJPEG; a numpy frame came from OpenCV  # doctest: +SKIP
+    >>> frame = decode_for_device(request_bytes, "cuda:0", max_pixels=40_000_000)  # gpu  # doctest: +SKIP
+    >>> isinstance(frame, torch.Tensor)  # decoded by nvJPEG; a numpy frame came from OpenCV  # gpu  # doctest: +SKIP
     True
     """
     try:
@@ -199,7 +199,7 @@ def check_device_decoder(device: str | torch.device) -> None:
     The server's start-up check for --gpu-decode (it also creates torchvision's decoder before
     the first request needs it).
 
-    >>> check_device_decoder("cuda:0")  # doctest: +SKIP
+    >>> check_device_decoder("cuda:0")  # gpu  # doctest: +SKIP
     """
     probe = np.zeros((16, 24, 3), np.uint8)
     probe[:, :12] = (255, 0, 0)  # blue left half, in BGR

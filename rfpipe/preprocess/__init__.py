@@ -120,8 +120,11 @@ def preprocess(
     On CUDA the batch is ordered before later work on the caller's current stream; with
     `synchronize=False` the call returns without waiting for the GPU (no host synchronisation).
 
-    >>> batch, meta = rfpipe.preprocess(frame_bgr, config, device="cpu")  # doctest: +SKIP
-    >>> batch.shape, meta[0].scale_width  # doctest: +SKIP
+    >>> import numpy as np, rfpipe
+    >>> config = rfpipe.ModelConfig.from_dict({"network_input": {"training_input_size": {"width": 560, "height": 560}}})
+    >>> frame_bgr = np.zeros((1080, 1920, 3), np.uint8)
+    >>> batch, meta = rfpipe.preprocess(frame_bgr, config, device="cpu")
+    >>> batch.shape, meta[0].scale_width
     (torch.Size([1, 3, 560, 560]), 0.2916666666666667)
     """
     if not isinstance(config, ModelConfig):

@@ -48,7 +48,7 @@ VARIANTS = {
 def build_checkpoint(path: str | Path, resolution: int = RESOLUTION, seed: int = SEED) -> Path:
     """Write a random-initialised RF-DETR Nano training checkpoint (`model`, `args`, `model_name`, `model_config`).
 
-    >>> build_checkpoint("/tmp/nano.pth")  # doctest: +SKIP
+    >>> build_checkpoint("/tmp/nano.pth")  # slow  # doctest: +SKIP
     """
     rfdetr = import_rfdetr()
     torch.manual_seed(seed)
@@ -129,8 +129,8 @@ def default_cache_dir() -> Path:
 def cached_packages(cache_dir: str | Path | None = None, resolution: int = RESOLUTION, seed: int = SEED) -> dict[str, Path]:
     """The untrained packages, built on first use and reused after (keyed by versions and settings).
 
-    >>> paths = cached_packages()  # doctest: +SKIP
-    >>> rfpipe.Detector.load(paths["letterbox"])  # doctest: +SKIP
+    >>> paths = cached_packages()  # slow  # doctest: +SKIP
+    >>> rfpipe.Detector.load(paths["letterbox"])  # slow  # doctest: +SKIP
     """
     key = json.dumps([BUILD_VERSION, rfdetr_version(), torch.__version__, resolution, seed, CLASS_BIAS_SHIFT])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]

@@ -90,7 +90,7 @@ def run(frames: list[Frame], plans: list[ImagePlan], config: ModelConfig, device
         color_format: str) -> torch.Tensor:
     """uint8 frames -> float32 contiguous NCHW on the GPU `device`, ordered before the caller's stream.
 
-    >>> batch = run(frames, plans, config, torch.device("cuda"), "bgr")  # doctest: +SKIP (gpu)
+    >>> batch = run(frames, plans, config, torch.device("cuda"), "bgr")  # gpu  # doctest: +SKIP
     """
     from rfpipe.preprocess.cuda.runtime import runtime
 

@@ -37,7 +37,9 @@ def _table(config: ModelConfig) -> torch.Tensor:
 def normalization_table(config: ModelConfig) -> torch.Tensor:
     """float32 [3, 256] on the CPU: row c maps a uint8 value of network channel c to its input value.
 
-    >>> normalization_table(cfg)[0, 255]  # doctest: +SKIP
+    >>> cfg = ModelConfig.from_dict({"network_input": {"training_input_size": {"width": 64, "height": 64},
+    ...     "normalization": [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]}})
+    >>> normalization_table(cfg)[0, 255]  # (1 - 0.485) / 0.229
     tensor(2.2489)
     """
     return _table(config)

@@ -50,7 +50,7 @@ class Source:
 class BatchPlan:
     """Tables, parameter template, uploads and buffer layout for one batch signature.
 
-    >>> plan = BatchPlan((Source(0, work, RECT),), (1, 3, 560, 560), pillow=(12, 3))  # doctest: +SKIP
+    >>> plan = BatchPlan((Source(0, work, RECT),), (1, 3, 560, 560), pillow=(12, 3))  # sketch  # doctest: +SKIP
     """
 
     def __init__(self, sources: tuple[Source, ...], out_shape: tuple[int, int, int, int],

@@ -167,8 +167,8 @@ class Placement:
 class LaunchTables:
     """Parameter rows and coefficient tables for one kernel launch over a batch.
 
-    >>> t = LaunchTables([work.final for work in works], pillow=(12, 3))  # doctest: +SKIP
-    >>> t.finish(sources, outputs)  # -> (meta int64 [N, FIELDS], coefficients int32)  # doctest: +SKIP
+    >>> t = LaunchTables([work.final for work in works], pillow=(12, 3))  # sketch  # doctest: +SKIP
+    >>> t.finish(sources, outputs)  # -> (meta int64 [N, FIELDS], coefficients int32)  # sketch  # doctest: +SKIP
     """
 
     def __init__(self, resamples: list[Resample], pillow: tuple[int, int] | None = None):
