@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from server_load import answer_drift, check_frames, without_ids  # noqa: E402
+from server_load import answer_drift, check_frames, without_ids
 
-from rfpipe import Detector  # noqa: E402
+from rfpipe import Detector
 
 
 def main() -> None:

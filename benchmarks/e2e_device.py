@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import rfpipe  # noqa: E402
-from rfpipe.tools import bench  # noqa: E402
-from rfpipe.samples import load_samples, sample_paths  # noqa: E402
-from rfpipe.testing.untrained import build_packages  # noqa: E402
+import rfpipe
+from rfpipe.samples import load_samples, sample_paths
+from rfpipe.testing.untrained import build_packages
+from rfpipe.tools import bench
 
 RESOLUTION = int(os.environ.get("RESOLUTION", 384))  # Nano's own resolution
 REPS = int(os.environ.get("REPS", 30))
@@ -40,7 +40,9 @@ def postprocess_exactness(ours: rfpipe.Detector, theirs) -> dict:
     semantics, which rfpipe follows); `torch_model` is its torch model's own post_process, which
     has different arithmetic (box clamping, un-padding in normalised coordinates), for the record.
     """
-    from inference_models.models.rfdetr.common import post_process_object_detection_results
+    from inference_models.models.rfdetr.common import (
+        post_process_object_detection_results,
+    )
 
     frames = list(load_samples().values())
     batch, their_meta = theirs.pre_process(frames)

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from conftest import make_raw_config  # noqa: E402
+from conftest import make_raw_config
 
-import rfpipe  # noqa: E402
-from rfpipe.samples import load_samples  # noqa: E402
+import rfpipe
+from rfpipe.samples import load_samples
 
 DEVICE = torch.device("cuda")
 

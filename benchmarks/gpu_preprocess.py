@@ -31,12 +31,12 @@ import torch
 import torchvision.transforms.functional as TF
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from conftest import make_raw_config  # noqa: E402
+from conftest import make_raw_config
 
-import rfpipe  # noqa: E402
-from rfpipe.preprocess import cuda  # noqa: E402
-from rfpipe.preprocess.cuda import host as cuda_host  # noqa: E402
-from rfpipe.preprocess.cuda import runtime as cuda_runtime  # noqa: E402
+import rfpipe
+from rfpipe.preprocess import cuda
+from rfpipe.preprocess.cuda import host as cuda_host
+from rfpipe.preprocess.cuda import runtime as cuda_runtime
 
 DEV = torch.device("cuda")
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -107,7 +107,9 @@ class Upstream:
             ResizeMode,
             TrainingInputSize,
         )
-        from inference_models.models.rfdetr.pre_processing import pre_process_network_input
+        from inference_models.models.rfdetr.pre_processing import (
+            pre_process_network_input,
+        )
         from inference_models.models.rfdetr.triton_universal_preprocess_runtime import (
             UniversalFastPreprocessRuntime,
         )

@@ -14,11 +14,15 @@ from pathlib import Path
 
 import torch
 
-from rfpipe.backends.torch import MODEL_TYPES, OPTIONAL_BUFFERS, import_rfdetr, quiet_rfdetr
-from rfpipe.config import CLASS_NAMES_FILE, CONFIG_FILE
+from rfpipe.backends.torch import (
+    MODEL_TYPES,
+    OPTIONAL_BUFFERS,
+    import_rfdetr,
+    quiet_rfdetr,
+)
+from rfpipe.config import CLASS_NAMES_FILE, CONFIG_FILE, IMAGENET_NORMALIZATION
 
 MODEL_TYPE_OF_CLASS = {cls: model_type for model_type, cls in MODEL_TYPES.items()}
-IMAGENET_NORMALIZATION = [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]
 
 
 def package_config(resolution: int) -> dict:

@@ -18,8 +18,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import rfpipe  # noqa: E402
-from rfpipe.samples import load_samples  # noqa: E402
+import rfpipe
+from rfpipe.samples import load_samples
 
 IMAGENET = [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]
 
@@ -128,7 +128,9 @@ class Upstream:
             InferenceConfig,
             ResizeMode,
         )
-        from inference_models.models.rfdetr.pre_processing import pre_process_network_input
+        from inference_models.models.rfdetr.pre_processing import (
+            pre_process_network_input,
+        )
 
         self._overrides = PreProcessingOverrides
         self._config = InferenceConfig

@@ -466,3 +466,13 @@ def test_config_error_in_package_names_the_config_file(tmp_path):
     with pytest.raises(ConfigError) as error:
         load_config(package)
     assert str(error.value).startswith(f"{package / 'inference_config.json'}: network_input.resize_mode: ")
+
+
+def test_imagenet_normalization_is_written_once_in_config():
+    """The normalisation RF-DETR trains with: one constant, used by export and the GPU self-check."""
+    from rfpipe.config import IMAGENET_NORMALIZATION
+    from rfpipe.export import package_config
+
+    assert IMAGENET_NORMALIZATION == (tuple(IMAGENET[0]), tuple(IMAGENET[1]))
+    assert package_config(320)["network_input"]["normalization"] is IMAGENET_NORMALIZATION
+    assert ModelConfig.from_dict(package_config(320)).normalization == IMAGENET_NORMALIZATION

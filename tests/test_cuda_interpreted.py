@@ -19,18 +19,18 @@ if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("interpreted kernels: run without a GPU or with TRITON_INTERPRET=1", allow_module_level=True)
 pytest.importorskip("triton", reason="triton is not installed")
 
-from conftest import make_config, make_raw_config, random_image  # noqa: E402
-from matrix import CONTRAST_VARIANTS, VARIANTS, input_forms  # noqa: E402
-from table_apply import pillow_resize  # noqa: E402
-from triton_on_cpu import run_on_cpu  # noqa: E402
+from conftest import make_config, make_raw_config, random_image
+from matrix import CONTRAST_VARIANTS, VARIANTS, input_forms
+from table_apply import pillow_resize
+from triton_on_cpu import run_on_cpu
 
-import rfpipe  # noqa: E402
-from rfpipe.geometry import plan_image, resolve_target_size  # noqa: E402
-from rfpipe.preprocess import reference, run_by_kind  # noqa: E402
-from rfpipe.preprocess.cuda.selfcheck import self_check  # noqa: E402
-from rfpipe.preprocess.inputs import to_frames  # noqa: E402
-from rfpipe.preprocess.kernels import pillow_tables  # noqa: E402
-from rfpipe.preprocess.kernels.float_tables import normalization_table  # noqa: E402
+import rfpipe
+from rfpipe.geometry import plan_image, resolve_target_size
+from rfpipe.preprocess import reference, run_by_kind
+from rfpipe.preprocess.cuda.selfcheck import self_check
+from rfpipe.preprocess.inputs import to_frames
+from rfpipe.preprocess.kernels import pillow_tables
+from rfpipe.preprocess.kernels.float_tables import normalization_table
 
 # The shared matrix's large canvases (560 px targets, 1600 px center crops) take the interpreter
 # tens of seconds; these stand-ins keep the same geometry cases at a tenth of the size.

@@ -44,7 +44,11 @@ def _run_resamples(images: list[np.ndarray], sizes: list[tuple[int, int]], filte
                    gray: bool = False, color_format: str = "bgr") -> list[np.ndarray]:
     """Each image resized to its own size in ONE launch of the final-resize kernel (uint8 values back)."""
     from rfpipe.preprocess.kernels.triton_batch import launch, launchers
-    from rfpipe.preprocess.kernels.triton_params import LaunchTables, Placement, Resample
+    from rfpipe.preprocess.kernels.triton_params import (
+        LaunchTables,
+        Placement,
+        Resample,
+    )
 
     resamples = [
         Resample(filter_, ImageSize(img.shape[1], img.shape[0]), ImageSize(*size), (0, 0, img.shape[1], img.shape[0]),

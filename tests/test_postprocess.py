@@ -68,8 +68,12 @@ class UpstreamPost:
             PreProcessingMetadata,
             StaticCropOffset,
         )
-        from inference_models.models.rfdetr.class_remapping import prepare_class_remapping
-        from inference_models.models.rfdetr.common import post_process_object_detection_results
+        from inference_models.models.rfdetr.class_remapping import (
+            prepare_class_remapping,
+        )
+        from inference_models.models.rfdetr.common import (
+            post_process_object_detection_results,
+        )
 
         self.dims, self.meta, self.offset = ImageDimensions, PreProcessingMetadata, StaticCropOffset
         self.removal, self.remap, self.run = ClassNameRemoval, prepare_class_remapping, post_process_object_detection_results

@@ -127,7 +127,7 @@ def predict_video(detector: Detector, video: Path, out_dir: Path | None, emit, b
                 if writer is None:
                     height, width = frame.shape[:2]
                     writer = cv2.VideoWriter(str(out_dir / f"{video.stem}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-                    lines = open(out_dir / f"{video.stem}.jsonl", "w", encoding="utf-8")  # noqa: SIM115
+                    lines = open(out_dir / f"{video.stem}.jsonl", "w", encoding="utf-8")
                 writer.write(annotate(frame, dets))
                 lines.write(json.dumps(response) + "\n")
             count += 1
