@@ -232,7 +232,7 @@ class Detector:
         A bad item yields an `ItemError` naming its index and problem in its place and the stream goes
         on (`errors="raise"` raises it instead).
 
-        >>> for detections in model.stream(frames, confidence=0.5):  # doctest: +SKIP
+        >>> for detections in model.stream(frames, confidence=0.5):  # model  # doctest: +SKIP
         ...     print(len(detections.xyxy))
         """
         engine = Engine(self, max_batch=max_batch, max_wait_ms=max_wait_ms, batch_policy=batch_policy,

@@ -19,10 +19,10 @@ An item that fails (bytes that do not decode, a frame preprocessing refuses, a b
 raises) gets its own exception on its own future; the other items of its batch are retried alone,
 so one bad image cannot fail its neighbours.
 
->>> engine = Engine(detector, max_batch=8)  # doctest: +SKIP
->>> engine.submit(frame_bgr, confidence=0.5).result()  # doctest: +SKIP
+>>> engine = Engine(detector, max_batch=8)  # model  # doctest: +SKIP
+>>> engine.submit(frame_bgr, confidence=0.5).result()  # model  # doctest: +SKIP
 Detections(...)
->>> engine.close()  # doctest: +SKIP
+>>> engine.close()  # model  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class Engine:
     `detector` is an `rfpipe.Detector` (anything with its `preprocess`, `forward` and `postprocess`).
     `queue_size` bounds the items admitted and not yet finished (decoding, queued or running).
 
-    >>> with Engine(detector, max_batch=4, batch_policy="fixed") as engine:  # doctest: +SKIP
+    >>> with Engine(detector, max_batch=4, batch_policy="fixed") as engine:  # model  # doctest: +SKIP
     ...     futures = [engine.submit(f) for f in frames]
     ...     detections = [f.result() for f in futures]
     """
