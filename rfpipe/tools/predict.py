@@ -61,7 +61,7 @@ def read_image(path: Path, gpu_decode_device: str | torch.device | None = None) 
 def describe_model(path: str | Path, detector: Detector) -> str:
     """One line naming the model that ran, saying plainly when it is rfpipe's untrained Nano.
 
-    >>> describe_model("my-package", Detector.load("my-package"))  # doctest: +SKIP
+    >>> describe_model("my-package", Detector.load("my-package"))  # model  # doctest: +SKIP
     "model: my-package (Detector(backend='onnx', ...)); classes: a, b"
     """
     from rfpipe.testing.untrained import default_cache_dir
