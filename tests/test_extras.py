@@ -2,11 +2,12 @@
 
 Two checks. A static one (milliseconds): every third-party module that rfpipe's modules import is a
 core dependency or declared by the extra those modules belong to. A real one (minutes, marked
-`extras`): for each extra, a fresh virtual environment holding only torch (linked from this
-environment, so nothing large is downloaded or copied), `pip install rfpipe[extra]` at the versions
-installed here (so pip's cache serves the wheels ./dev downloaded), then every module of the extra
-and every module it imports, and its commands' `--help`. `./dev test` runs both; leave the slow
-one out locally with `-m "not extras"`.
+`extras`): `pip install rfpipe` into a fresh virtual environment holding only torch, and
+`pip install rfpipe[extra]` into one holding torch and the core dependencies, for each extra; then
+every module of it and every module those import, and its commands' `--help`. What the environment
+holds already is linked from this one (nothing large is downloaded or copied), and pip installs the
+rest at the versions installed here, so its cache serves the wheels ./dev downloaded. `./dev test`
+runs both; leave the slow one out locally with `-m "not extras"`.
 """
 
 from __future__ import annotations
@@ -174,10 +175,10 @@ sys.exit(1 if problems else 0)
 """
 
 
-def _torch_closure() -> list[importlib.metadata.Distribution]:
-    """torch, torchvision and everything they need, as installed here."""
+def _closure(names: list[str]) -> list[importlib.metadata.Distribution]:
+    """These distributions and everything they need, as installed here."""
     seen: dict[str, importlib.metadata.Distribution] = {}
-    todo = ["torch", "torchvision"]
+    todo = list(names)
     while todo:
         name = _normalise(todo.pop())
         if name in seen:
@@ -198,16 +199,25 @@ def _run(args: list, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=900, **kwargs)
 
 
+def _linked(site: Path, distributions: list[importlib.metadata.Distribution]) -> Path:
+    """A folder of links to these distributions' installed files (a site directory to put on sys.path)."""
+    site.mkdir()
+    for dist in distributions:
+        for top in {Path(str(f)).parts[0] for f in dist.files or []} - {"..", "__pycache__"}:
+            if not (site / top).exists() and Path(dist.locate_file(top)).exists():
+                (site / top).symlink_to(Path(dist.locate_file(top)))
+    return site
+
+
 @pytest.fixture(scope="module")
 def fresh_install(tmp_path_factory):
     """A function: extra -> a new environment with torch and `rfpipe[extra]` (its python, its env vars)."""
     root = tmp_path_factory.mktemp("extras")
-    torch_site = root / "torch-site"
-    torch_site.mkdir()
-    for dist in _torch_closure():
-        for top in {Path(str(f)).parts[0] for f in dist.files or []} - {"..", "__pycache__"}:
-            if not (torch_site / top).exists() and Path(dist.locate_file(top)).exists():
-                (torch_site / top).symlink_to(Path(dist.locate_file(top)))
+    core = [Requirement(line).name for line in _pyproject()["project"]["dependencies"]]
+    # Linked, not installed: torch alone for the core package, torch and the core dependencies for
+    # the extras (the core environment checks those are declared; each extra checks its own).
+    sites = {"torch": _linked(root / "torch-site", _closure(["torch", "torchvision"])),
+             "core": _linked(root / "core-site", _closure(["torch", "torchvision", *core]))}
     built = _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", root / "wheel", REPO])
     assert built.returncode == 0, built.stderr
     (wheel,) = (root / "wheel").glob("rfpipe-*.whl")
@@ -217,20 +227,33 @@ def fresh_install(tmp_path_factory):
     constraints.write_text("\n".join(installed) + "\n")
 
     def install(extra: str) -> tuple[Path, dict[str, str]]:
-        venv = root / extra
+        venv = root / (extra or "core")
         made = _run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip", venv])
         assert made.returncode == 0, made.stderr
         python = venv / "bin" / "python"
         site = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
-        (Path(site) / "rfpipe-test-torch.pth").write_text(f"{torch_site}\n")
+        (Path(site) / "rfpipe-test-linked.pth").write_text(f"{sites['core' if extra else 'torch']}\n")
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
         env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
         pip = _run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--disable-pip-version-check",
-                    "-c", constraints, f"rfpipe[{extra}] @ {wheel.as_uri()}"], env=env, cwd=root)
+                    "-c", constraints, f"rfpipe{f'[{extra}]' if extra else ''} @ {wheel.as_uri()}"], env=env, cwd=root)
         assert pip.returncode == 0, f"pip install rfpipe[{extra}] failed:\n{pip.stdout}\n{pip.stderr}"
         return python, env
 
     return install, root
+
+
+def _check_imports(python: Path, env: dict[str, str], root: Path, files: list[Path], exempt: set[str]) -> None:
+    modules = [".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__") for p in files]
+    check = f"NOT_DECLARED = {sorted(exempt)!r}\n" + _CHECK
+    imported = _run([python, "-c", check, *[x for pair in zip(files, modules) for x in pair]], env=env, cwd=root)
+    assert imported.returncode == 0, f"{imported.stdout}{imported.stderr[-3000:]}"
+
+
+def _check_commands(python: Path, env: dict[str, str], root: Path, commands: tuple[tuple[str, ...], ...]) -> None:
+    for command in commands:
+        ran = _run([python.parent / "rfpipe", *command], env=env, cwd=root)
+        assert ran.returncode == 0, f"rfpipe {' '.join(command)}:\n{ran.stderr[-3000:]}"
 
 
 @pytest.mark.extras
@@ -238,11 +261,16 @@ def fresh_install(tmp_path_factory):
 def test_each_extra_installs_alone_and_its_commands_start(fresh_install, name):
     install, root = fresh_install
     python, env = install(name)
-    files = _files(EXTRAS[name])
-    modules = [".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__") for p in files]
-    check = f"NOT_DECLARED = {sorted(NOT_DECLARED)!r}\n" + _CHECK
-    imported = _run([python, "-c", check, *[x for pair in zip(files, modules) for x in pair]], env=env, cwd=root)
-    assert imported.returncode == 0, f"rfpipe[{name}] alone:\n{imported.stdout}{imported.stderr[-3000:]}"
-    for command in EXTRAS[name].commands:
-        ran = _run([python.parent / "rfpipe", *command], env=env, cwd=root)
-        assert ran.returncode == 0, f"rfpipe[{name}] alone: rfpipe {' '.join(command)}:\n{ran.stderr[-3000:]}"
+    _check_imports(python, env, root, _files(EXTRAS[name]), set(NOT_DECLARED))
+    _check_commands(python, env, root, EXTRAS[name].commands)
+
+
+@pytest.mark.extras
+def test_the_core_package_installs_alone(fresh_install):
+    """`pip install rfpipe` over torch alone: every module no extra owns imports, and `rfpipe --help` runs."""
+    install, root = fresh_install
+    python, env = install("")
+    owned = {path for extra in EXTRAS.values() for path in _files(extra)}
+    files = sorted(set(REPO.glob("rfpipe/**/*.py")) - owned)
+    _check_imports(python, env, root, files, set(NOT_DECLARED) | {package for _, package in FEATURES})
+    _check_commands(python, env, root, (("--help",),))
