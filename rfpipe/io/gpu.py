@@ -12,7 +12,7 @@ measurements use it (it matched OpenCV's bytes on the bundled samples; nothing g
 
 The geometry is kept: a frame has the shape and orientation OpenCV's frame has. torchvision's
 CUDA decoder ignores `apply_exif_orientation`, so the orientation is read the way OpenCV reads it
-(`rfpipe.io.decode.exif_orientation`) and applied here with one flip and a transpose (`orient`), on
+(`rfpipe.io.exif.exif_orientation`) and applied here with one flip and a transpose (`orient`), on
 every device alike.
 
 What the device decoder does not take goes to `decode_image` on the CPU (`decode_for_device`):
@@ -50,14 +50,10 @@ import numpy as np
 import torch
 
 from rfpipe.devices import resolve_device
-from rfpipe.io.decode import (
-    DEFAULT_MAX_PIXELS,
-    CorruptImageError,
-    checked_header,
-    decode_image,
-    exif_orientation,
-    jpeg_components,
-)
+from rfpipe.io.decode import decode_image
+from rfpipe.io.errors import CorruptImageError
+from rfpipe.io.exif import exif_orientation
+from rfpipe.io.header import DEFAULT_MAX_PIXELS, checked_header, jpeg_components
 
 __all__ = ["DeviceDecodeDeclined", "check_device_decoder", "decode_for_device", "decode_jpeg_on_device", "orient"]
 
@@ -140,7 +136,7 @@ def decode_jpeg_on_device(
     (torch.Size([1080, 1920, 3]), device(type='cuda', index=0))
     """
     data = bytes(data)
-    header = checked_header(data, max_pixels)
+    header = checked_header(data, max_pixels=max_pixels)
     if header.format != "jpeg":
         raise DeviceDecodeDeclined(f"{header.format.upper()} data")
     if not data.endswith(_EOI):
