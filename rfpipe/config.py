@@ -18,6 +18,8 @@ logger = logging.getLogger("rfpipe")
 
 CONFIG_FILE = "inference_config.json"
 CLASS_NAMES_FILE = "class_names.txt"
+# The ImageNet mean and std (RGB) that RF-DETR is trained with: [[means], [stds]].
+IMAGENET_NORMALIZATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 class ConfigError(ValueError):

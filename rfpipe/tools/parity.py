@@ -243,8 +243,8 @@ def run_parity(side_a: Side, side_b: Side, images: list[Path], confidence: float
         for side, image in zip((side_a, side_b), decoded, strict=True):
             batch, meta = side.preprocess(image)
             logits, boxes = side.detector.forward(batch)
-            results.append((batch.cpu(), side.detector.postprocess(logits, boxes, meta, confidence)[0],
-                            side.detector.postprocess(logits, boxes, meta, 0.0)[0]))
+            results.append((batch.cpu(), side.detector.postprocess(logits, boxes, meta, confidence=confidence)[0],
+                            side.detector.postprocess(logits, boxes, meta, confidence=0.0)[0]))
         (ta, da, da_all), (tb, db, db_all) = results
         tensors["batches"] += 1
         if ta.shape != tb.shape:

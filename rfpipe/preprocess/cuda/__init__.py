@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rfpipe.config import ModelConfig
+from rfpipe.config import IMAGENET_NORMALIZATION, ModelConfig
 from rfpipe.devices import resolve_device
 from rfpipe.geometry import ImagePlan
 from rfpipe.preprocess import adjust
@@ -564,7 +564,7 @@ def _probe_config(fields: dict) -> ModelConfig:
         "training_input_size": {"width": width, "height": height},
         "dynamic_spatial_size_supported": False, "color_mode": "rgb",
         "resize_mode": fields.get("mode", "stretch"), "input_channels": 3,
-        "normalization": [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]],
+        "normalization": IMAGENET_NORMALIZATION,
         "resize_filter": fields.get("filter", "pillow-bilinear"),
     }
     if "dataset" in fields:
