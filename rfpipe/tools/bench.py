@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rfpipe.io.decode import OPENCV_MAX_PIXELS, decode_image
 from rfpipe.detector import Detector
+from rfpipe.io.decode import OPENCV_MAX_PIXELS, decode_image
 
 STAGES = ("decode", "preprocess", "forward", "postprocess")
 

@@ -30,12 +30,18 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--backend", default="auto", choices=["auto", *BACKENDS])
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="torch backend precision")
+    parser.add_argument("--dtype", choices=["float32", "tf32", "bfloat16", "float16"],
+                        help="torch backend precision (float32: TF32 off; tf32: TF32 matmuls and convolutions)")
+    parser.add_argument("--compile", choices=["none", "cudagraphs", "auto"],
+                        help="torch backend: compile the forward with CUDA graphs per batch bucket "
+                             "(auto: on CUDA when Triton works, else eager)")
+    parser.add_argument("--max-batch", type=int, help="torch backend: the largest compiled batch bucket (default 8)")
     parser.add_argument("--confidence", type=float, default=0.4, help="keep detections above this (default 0.4)")
 
 
 def _backend_options(args: argparse.Namespace) -> dict:
-    return {"dtype": args.dtype} if args.dtype else {}
+    options = {"dtype": args.dtype, "compile": args.compile, "max_batch": args.max_batch}
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def _load(args: argparse.Namespace, backend: str | None = None):
@@ -62,8 +68,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _sample_or_folder(folder: Path | None) -> list[Path]:
-    from rfpipe.tools.predict import IMAGE_SUFFIXES
     from rfpipe.samples import sample_paths
+    from rfpipe.tools.predict import IMAGE_SUFFIXES
 
     if folder is None:
         return sample_paths()
