@@ -191,9 +191,18 @@ class CompiledForward:
                 setattr(config, attribute, max(getattr(config, attribute), wanted))
                 return
 
-    def _warm(self, progress: bool) -> None:
-        from tqdm import tqdm
+    def _progress(self, progress: bool):
+        """The buckets wrapped in a tqdm bar on stderr (tqdm is the cli extra's; without it, log lines)."""
+        if not progress:
+            return self.buckets, lambda bucket: None
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return self.buckets, lambda bucket: logger.info("rfpipe: compiling %s at batch %d", self.name, bucket)
+        bar = tqdm(self.buckets, desc=f"compiling {self.name}", unit="bucket", file=sys.stderr)
+        return bar, lambda bucket: bar.set_postfix_str(f"batch {bucket}")
 
+    def _warm(self, progress: bool) -> None:
         self._limit_recompiles()
         previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
         if self.cache_dir is not None:
@@ -201,10 +210,9 @@ class CompiledForward:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.cache_dir)
         width, height = self.input_size
         try:
-            bar = tqdm(self.buckets, desc=f"compiling {self.name}", unit="bucket", disable=not progress,
-                       file=sys.stderr)
-            for bucket in bar:
-                bar.set_postfix_str(f"batch {bucket}")
+            buckets, show = self._progress(progress)
+            for bucket in buckets:
+                show(bucket)
                 start = time.perf_counter()
                 batch = torch.zeros((bucket, 3, height, width), device=self.device)
                 with torch.inference_mode():
