@@ -90,7 +90,11 @@ def test_compiled_forward_pads_to_its_bucket_and_returns_only_the_real_rows():
         forward.close()
 
 
-def test_a_compiler_failure_falls_back_to_eager_with_one_log_line(caplog):
+def test_a_compiler_failure_falls_back_to_eager_with_one_log_line(caplog, monkeypatch):
+    from rfpipe.backends import compiled
+
+    monkeypatch.setattr(compiled, "_logged", set())
+
     def broken(graph, example_inputs):
         raise RuntimeError("this compiler is broken on purpose")
 
@@ -108,13 +112,17 @@ def test_a_compiler_failure_falls_back_to_eager_with_one_log_line(caplog):
     assert torch.equal(got_logits, logits) and torch.equal(got_boxes, boxes)
 
 
-def test_without_cuda_auto_runs_eager_and_cudagraphs_is_refused(caplog):
+def test_without_cuda_auto_runs_eager_logged_once_and_cudagraphs_is_refused(caplog, monkeypatch):
+    from rfpipe.backends import compiled
+
     if torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU absent: this checks the fallback of machines without one")
+    monkeypatch.setattr(compiled, "_logged", set())  # what this process logged before this test
     with caplog.at_level(logging.INFO, logger="rfpipe"):
         backend = TorchBackend(RowWise(), "cpu", compile="auto", max_batch=4, input_size=(12, 10))
-    assert backend.compile_mode == "none"
-    assert any("runs the forward eager" in r.getMessage() for r in caplog.records)
+        again = TorchBackend(RowWise(), "cpu", compile="auto", max_batch=4, input_size=(12, 10))
+    assert backend.compile_mode == again.compile_mode == "none"
+    assert sum("runs the forward eager" in r.getMessage() for r in caplog.records) == 1
     with pytest.raises(ValueError, match="compile='cudagraphs'.*CUDA"):
         TorchBackend(RowWise(), "cpu", compile="cudagraphs", input_size=(12, 10))
     for bad in ({"compile": "fast"}, {"dtype": "float64"}, {"max_batch": 0}, {"buckets": (0,)}):
