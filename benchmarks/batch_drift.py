@@ -47,7 +47,7 @@ def main() -> None:
             logits, boxes = detector.forward(batch)
             alone_inputs.append(batch)
             alone_outputs.append((logits, boxes))
-            alone.append(without_ids(detector.postprocess(logits, boxes, meta, args.confidence)[0].to_inference_json()))
+            alone.append(without_ids(detector.postprocess(logits, boxes, meta, confidence=args.confidence)[0].to_inference_json()))
         inputs_equal, logit_diff, box_diff, batched = True, 0.0, 0.0, []
         for start in range(0, len(frames), args.batch):
             group = frames[start: start + args.batch]
@@ -57,7 +57,7 @@ def main() -> None:
                 inputs_equal &= torch.equal(batch[k: k + 1], alone_inputs[start + k])
                 logit_diff = max(logit_diff, float((logits[k] - alone_outputs[start + k][0][0]).abs().max()))
                 box_diff = max(box_diff, float((boxes[k] - alone_outputs[start + k][1][0]).abs().max()))
-            batched += [without_ids(d.to_inference_json()) for d in detector.postprocess(logits, boxes, meta, args.confidence)]
+            batched += [without_ids(d.to_inference_json()) for d in detector.postprocess(logits, boxes, meta, confidence=args.confidence)]
     drifts = [answer_drift(a, b) for a, b in zip(alone, batched, strict=True)]
     report.update({
         "preprocessed_bit_identical": inputs_equal, "max_logit_diff": logit_diff, "max_box_output_diff": box_diff,

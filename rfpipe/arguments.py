@@ -21,7 +21,8 @@ from rfpipe.devices import default_device
 from rfpipe.preprocess import IMPLEMENTATIONS
 
 BACKEND_CHOICES = ("auto", *BACKENDS)
-DTYPE_CHOICES = ("float32", "float16", "bfloat16")
+DTYPE_CHOICES = ("float32", "tf32", "bfloat16", "float16")
+COMPILE_CHOICES = ("none", "cudagraphs", "auto")
 IMPLEMENTATION_CHOICES = ("auto", *IMPLEMENTATIONS)
 
 
@@ -31,17 +32,26 @@ def add_device(parser: argparse.ArgumentParser, *, several: bool = False) -> Non
     parser.add_argument("--device", default=default_device(), help=f"{what} (default: cuda when available, else cpu)")
 
 
-def add_model_options(parser: argparse.ArgumentParser, *, several_devices: bool = False) -> None:
-    """`--device`, `--backend` and `--dtype`: the flags of every command that loads a model."""
+def add_model_options(parser: argparse.ArgumentParser, *, several_devices: bool = False,
+                      compile_options: bool = False) -> None:
+    """`--device`, `--backend` and `--dtype`: the flags of every command that loads a model; with
+    `compile_options`, `--compile` and `--max-batch` too (the server defines its own `--max-batch`)."""
     add_device(parser, several=several_devices)
     parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                         help="runtime of the network (default: auto, the fastest the package and device allow)")
-    parser.add_argument("--dtype", choices=DTYPE_CHOICES, help="torch backend precision (default: the backend's)")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES,
+                        help="torch backend precision (float32: TF32 off; tf32: TF32 matmuls; default: the backend's)")
+    if compile_options:
+        parser.add_argument("--compile", choices=COMPILE_CHOICES,
+                            help="torch backend: compile the forward with CUDA graphs per batch bucket "
+                                 "(auto: on CUDA when Triton works, else eager)")
+        parser.add_argument("--max-batch", type=int, help="torch backend: the largest compiled batch bucket (default 8)")
 
 
-def backend_options(args: argparse.Namespace) -> dict[str, str]:
+def backend_options(args: argparse.Namespace) -> dict[str, object]:
     """The `Detector.load` keyword options the model flags ask for (none when left at their default)."""
-    return {"dtype": args.dtype} if getattr(args, "dtype", None) else {}
+    options = {name: getattr(args, name, None) for name in ("dtype", "compile", "max_batch")}
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def _implementation_list(text: str) -> list[str]:

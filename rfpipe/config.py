@@ -365,3 +365,26 @@ def _parse(raw: Any, class_names: tuple[str, ...], source: str) -> ModelConfig:
         source=source,
         raw=raw,
     )
+
+
+def checkpoint_config_dict(resolution: int, size_divisor: int) -> dict:
+    """The `inference_config.json` a training checkpoint implies (what `rfpipe export` writes): stretch
+    to its square resolution, RGB, ImageNet normalisation, and other sizes allowed when divisible by
+    the patch grid, as rfdetr's own `predict(shape=...)` accepts them. A backend whose graph has a
+    static input size (rfdetr's ONNX export) still runs at that size only.
+
+    >>> checkpoint_config_dict(384, 24)["network_input"]["dynamic_spatial_size_mode"]
+    {'type': 'pad-to-be-divisible', 'value': 24}
+    """
+    return {
+        "image_pre_processing": {},
+        "network_input": {
+            "training_input_size": {"width": resolution, "height": resolution},
+            "dynamic_spatial_size_supported": True,
+            "dynamic_spatial_size_mode": {"type": "pad-to-be-divisible", "value": size_divisor},
+            "resize_mode": "stretch",
+            "color_mode": "rgb",
+            "input_channels": 3,
+            "normalization": [list(row) for row in IMAGENET_NORMALIZATION],
+        },
+    }

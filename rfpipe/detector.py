@@ -18,10 +18,12 @@ from typing import Any
 
 import torch
 
-from rfpipe.backends import BACKENDS, Backend, BackendUnavailable
+from rfpipe.backends import BACKENDS, Backend, BackendUnavailable, run_in_chunks
 from rfpipe.config import (
+    checkpoint_config_dict,
     CLASS_NAMES_FILE,
     CONFIG_FILE,
+    IMAGENET_NORMALIZATION,
     ConfigError,
     ImageSize,
     ModelConfig,
@@ -35,11 +37,10 @@ from rfpipe.geometry import Overrides, PreprocessMetadata
 from rfpipe.postprocess import DEFAULT_CONFIDENCE, Confidence, class_layout, postprocess
 from rfpipe.preprocess import preprocess
 
-__all__ = ["Detections", "Detector", "checkpoint_config"]
+__all__ = ["Detections", "Detector", "checkpoint_config", "checkpoint_config_dict"]
 
 logger = logging.getLogger("rfpipe")
 
-IMAGENET_NORMALIZATION = [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
 
 # backend name -> package files it needs
@@ -53,20 +54,9 @@ AUTO_ORDER = {"cuda": ("tensorrt", "torch", "onnx"), "cpu": ("onnx", "torch")}
 
 
 def checkpoint_config(resolution: int, size_divisor: int, class_names: Sequence[str], source: str) -> ModelConfig:
-    """The config a bare training checkpoint implies: stretch to its square resolution, RGB, ImageNet
-    normalization, other sizes allowed when divisible by the patch grid (as rfdetr's own predict)."""
-    raw = {
-        "network_input": {
-            "training_input_size": {"width": resolution, "height": resolution},
-            "dynamic_spatial_size_supported": True,
-            "dynamic_spatial_size_mode": {"type": "pad-to-be-divisible", "value": size_divisor},
-            "resize_mode": "stretch",
-            "color_mode": "rgb",
-            "input_channels": 3,
-            "normalization": IMAGENET_NORMALIZATION,
-        }
-    }
-    return ModelConfig.from_dict(raw, class_names=list(class_names), source=source)
+    """The `ModelConfig` of `checkpoint_config_dict` with the checkpoint's class names."""
+    return ModelConfig.from_dict(checkpoint_config_dict(resolution, size_divisor), class_names=list(class_names),
+                                 source=source)
 
 
 def _read_model_type(path: Path) -> str:
@@ -125,14 +115,24 @@ class Detector:
         self.class_names, _ = class_layout(config)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu", backend: str = "auto", **options: Any) -> Detector:
+    def load(cls, path: str | Path, *, device: str | torch.device = "cpu", backend: str = "auto",
+             compile: str | None = None, dtype: str | None = None, max_batch: int | None = None,
+             **options: Any) -> Detector:
         """Load a package directory or an rfdetr training checkpoint (`.pth` with `model` and `args`).
 
-        `backend` is 'auto', 'onnx', 'tensorrt' or 'torch'; `options` go to the backend (torch:
-        dtype='float16'; onnx: threads=N).
+        `backend` is 'auto', 'onnx', 'tensorrt' or 'torch'. Torch backend: `dtype` ('float32', 'tf32',
+        'bfloat16', 'float16'), `compile` ('none', 'cudagraphs', 'auto': see `rfpipe.backends.compiled`)
+        and `max_batch` (the largest compiled batch bucket, default 8). Other `options` go to the backend
+        (onnx: threads=N). A backend refuses an option it cannot honour with a `ValueError` naming it;
+        compile='auto' and dtype='float32' mean nothing to backends without those choices.
 
         >>> model = Detector.load("checkpoint_best_total.pth", device="cpu")  # model  # doctest: +SKIP
+        >>> model = Detector.load("pkg", device="cuda", backend="torch", compile="auto", dtype="bfloat16",
+        ...                       max_batch=32)  # model  # doctest: +SKIP
         """
+        for name, value in (("compile", compile), ("dtype", dtype), ("max_batch", max_batch)):
+            if value is not None:
+                options[name] = value
         path = Path(path)
         device = resolve_device(device)
         if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
@@ -171,6 +171,7 @@ class Detector:
     def preprocess(
         self,
         images: Any,
+        *,
         input_color_format: str | None = "bgr",
         overrides: Overrides | None = None,
         image_size: int | tuple[int, int] | None = None,
@@ -185,14 +186,10 @@ class Detector:
 
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [B, Q, C], boxes [B, Q, 4]) on the device; batches over the package's limit run in chunks."""
-        limit = self.config.max_dynamic_batch_size
-        if limit is None or batch.shape[0] <= limit:
-            return self.backend(batch)
-        parts = [self.backend(batch[i : i + limit]) for i in range(0, batch.shape[0], limit)]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return run_in_chunks(self.backend, batch, self.config.max_dynamic_batch_size)
 
     def postprocess(
-        self, logits: torch.Tensor, boxes: torch.Tensor, metadata: Sequence[PreprocessMetadata],
+        self, logits: torch.Tensor, boxes: torch.Tensor, metadata: Sequence[PreprocessMetadata], *,
         confidence: Confidence = DEFAULT_CONFIDENCE,
     ) -> list[Detections]:
         """Detections in original-image pixels (see `rfpipe.postprocess`)."""
@@ -201,6 +198,7 @@ class Detector:
     def __call__(
         self,
         images: Any,
+        *,
         confidence: Confidence = DEFAULT_CONFIDENCE,
         input_color_format: str | None = "bgr",
         overrides: Overrides | None = None,
@@ -209,10 +207,11 @@ class Detector:
     ) -> list[Detections]:
         """Pre -> forward -> post; one `Detections` per image."""
         batch, metadata = self.preprocess(
-            images, input_color_format, overrides, image_size, implementation, synchronize=False
+            images, input_color_format=input_color_format, overrides=overrides, image_size=image_size,
+            implementation=implementation, synchronize=False,
         )
         logits, boxes = self.forward(batch)
-        return self.postprocess(logits, boxes, metadata, confidence)
+        return self.postprocess(logits, boxes, metadata, confidence=confidence)
 
     def stream(
         self,

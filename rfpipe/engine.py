@@ -8,12 +8,21 @@ items, waiting at most `max_wait_ms` after the oldest, and runs preprocess -> fo
 postprocess on them as one batch; items may differ in overrides, colour format and confidence.
 
 Batch policies:
-- ``"dynamic"``: a batch runs at the size that arrived. Fastest at low load, but on GPUs the network's
-  kernels change with the batch size, so an image's raw outputs may differ in the last bits by what
-  else was in its batch.
+- ``"dynamic"``: a batch runs at the size that arrived (a compiled forward pads it up to its batch
+  bucket, the next power of two). Fastest at low load, but on GPUs the network's kernels change
+  with the batch size, so an image's raw outputs may differ in the last bits by what else was in
+  its batch.
 - ``"fixed"``: every batch is padded to `max_batch` rows (the padding's outputs are dropped). RF-DETR's
   rows do not interact at inference, so an image's answer is computed by the same kernels at the
   same shape whatever else arrived: answers do not depend on the batch's composition.
+
+Stages are pipelined: one thread takes a batch, preprocesses it and queues its forward pass (on a
+GPU this returns at once), then hands it to a second thread that post-processes it (the one
+device-to-host copy, where the host waits for the GPU) and completes the futures. Up to `inflight`
+batches are between the two, so batch N+1 is decoded, staged and queued while batch N runs. Encoded
+bytes bound for a GPU are decoded into pinned host memory by the decode threads
+(`rfpipe.io.pool.decode_staged`); `gpu_decode=True` decodes JPEG with nvJPEG instead, a batch at a
+time (not exact: see `rfpipe.io.gpu`).
 
 An item that fails (bytes that do not decode, a frame preprocessing refuses, a batch whose forward
 raises) gets its own exception on its own future; the other items of its batch are retried alone,
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from collections import deque
@@ -104,6 +114,9 @@ class Engine:
         decode_threads: int | None = None,
         max_pixels: int | None = None,
         implementation: str = "auto",
+        inflight: int = 2,
+        pin_frames: bool | None = None,
+        gpu_decode: bool = False,
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -113,7 +126,14 @@ class Engine:
             raise ValueError(f"queue_size ({queue_size}) must be at least max_batch ({max_batch})")
         if batch_policy not in BATCH_POLICIES:
             raise ValueError(f"batch_policy must be one of {BATCH_POLICIES}, got {batch_policy!r}")
+        if inflight < 1:
+            raise ValueError(f"inflight must be at least 1, got {inflight}")
+        on_gpu = getattr(getattr(detector, "device", None), "type", "cpu") == "cuda"
+        if gpu_decode and not on_gpu:
+            raise ValueError("gpu_decode=True needs a detector on a CUDA device")
         self.detector = detector
+        self.pin_frames = on_gpu if pin_frames is None else pin_frames
+        self.gpu_decode = gpu_decode
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self.queue_size = queue_size
@@ -127,7 +147,10 @@ class Engine:
         self._cond = threading.Condition()
         self._closed = False
         self._stopping = False
+        self._launched: queue.Queue = queue.Queue(maxsize=inflight)
+        self._finisher = threading.Thread(target=self._finish_loop, name="rfpipe-engine-post", daemon=True)
         self._worker = threading.Thread(target=self._work, name="rfpipe-engine", daemon=True)
+        self._finisher.start()
         self._worker.start()
 
     # -- submitting -------------------------------------------------------------------------------
@@ -152,7 +175,7 @@ class Engine:
         entry = _Item(item, confidence, overrides or Overrides(), input_color_format, image_size, future)
         self._admit(block, timeout)
         future.add_done_callback(self._finished)
-        if isinstance(item, ENCODED):
+        if isinstance(item, ENCODED) and not self.gpu_decode:
             try:
                 self._pool().submit(self._decode_then_queue, entry)
             except RuntimeError as error:  # the pool shut down under us: the engine is closing
@@ -187,11 +210,11 @@ class Engine:
             return self._decoder
 
     def _decode_then_queue(self, entry: _Item) -> None:
-        from rfpipe.io.decode import decode_image
+        from rfpipe.io.pool import decode_staged
 
         try:
             options = {} if self._max_pixels is None else {"max_pixels": self._max_pixels}
-            entry.frame = decode_image(entry.frame, **options)
+            entry.frame = decode_staged(entry.frame, pinned=self.pin_frames, **options)
         except Exception as error:
             entry.future.set_exception(error)
             return
@@ -214,7 +237,7 @@ class Engine:
 
     @property
     def alive(self) -> bool:
-        return self._worker.is_alive()
+        return self._worker.is_alive() or self._finisher.is_alive()
 
     def close(self, *, drain: bool = True, timeout: float | None = None) -> None:
         """Take no new items; with `drain`, finish every admitted item first (up to `timeout` s).
@@ -234,6 +257,7 @@ class Engine:
         if self._decoder is not None:
             self._decoder.shutdown(wait=True, cancel_futures=True)
         self._worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self._finisher.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         with self._cond:
             left = list(self._queue)
             self._queue.clear()
@@ -271,27 +295,80 @@ class Engine:
                     return batch
 
     def _work(self) -> None:
+        try:
+            with torch.inference_mode():
+                while (batch := self._take()) is not None:
+                    launched = self._launch_or_retry(batch)
+                    if launched is not None:
+                        self._launched.put(launched)
+        finally:
+            self._launched.put(None)  # tells the post-processing thread to stop
+
+    def _finish_loop(self) -> None:
         with torch.inference_mode():
-            while (batch := self._take()) is not None:
-                self._run(batch)
+            while (launched := self._launched.get()) is not None:
+                batch, state = launched
+                try:
+                    results = self.finish(state)
+                except Exception as error:
+                    self._retry(batch, error)
+                    continue
+                for entry, result in zip(batch, results, strict=True):
+                    entry.future.set_result(result)
+
+    def _decode_on_device(self, batch: list[_Item]) -> list[_Item]:
+        """nvJPEG for the batch's encoded items (gpu_decode=True); items that do not decode fail alone."""
+        from rfpipe.io.pool import decode_batch_on_device
+
+        encoded = [e for e in batch if isinstance(e.frame, ENCODED)]
+        if not encoded:
+            return batch
+        options = {} if self._max_pixels is None else {"max_pixels": self._max_pixels}
+        for entry, frame in zip(encoded, decode_batch_on_device([e.frame for e in encoded], self.detector.device,
+                                                                **options), strict=True):
+            if isinstance(frame, BaseException):
+                entry.future.set_exception(frame)
+            else:
+                entry.frame = frame
+        return [e for e in batch if not e.future.done()]
+
+    def _launch_or_retry(self, batch: list[_Item]) -> tuple[list[_Item], Any] | None:
+        if self.gpu_decode:
+            batch = self._decode_on_device(batch)
+            if not batch:
+                return None
+        try:
+            return batch, self.launch([e.frame for e in batch], [e.group() for e in batch],
+                                      [e.confidence for e in batch])
+        except Exception as error:
+            self._retry(batch, error)
+            return None
+
+    def _retry(self, batch: list[_Item], error: Exception) -> None:
+        if len(batch) > 1:  # find the image that fails; the others still get their answers
+            logger.warning("rfpipe engine: a batch of %d failed (%r); retrying its images alone", len(batch), error)
+            for entry in batch:
+                self._run([entry])
+            return
+        batch[0].future.set_exception(error)
 
     def _run(self, batch: list[_Item]) -> None:
+        """The batch start to finish on the calling thread (retries)."""
         try:
             results = self.infer([e.frame for e in batch], [e.group() for e in batch],
                                  [e.confidence for e in batch])
         except Exception as error:
-            if len(batch) > 1:  # find the image that fails; the others still get their answers
-                logger.warning("rfpipe engine: a batch of %d failed (%r); retrying its images alone", len(batch), error)
-                for entry in batch:
-                    self._run([entry])
-                return
-            batch[0].future.set_exception(error)
+            self._retry(batch, error)
             return
         for entry, result in zip(batch, results, strict=True):
             entry.future.set_result(result)
 
     def infer(self, frames: list[Any], groups: list[tuple], confidences: list[Any]) -> list[Any]:
         """Detections for each frame as one forward pass; `groups[i]` = (overrides, colour, image_size)."""
+        return self.finish(self.launch(frames, groups, confidences))
+
+    def launch(self, frames: list[Any], groups: list[tuple], confidences: list[Any]) -> tuple:
+        """Preprocess and queue the forward pass of one batch; `finish` turns the result into detections."""
         detector = self.detector
         order: list[int] = []
         parts, metadata = [], []
@@ -308,8 +385,14 @@ class Engine:
             padding = batch.new_zeros((self.max_batch - rows, *batch.shape[1:]))
             batch = torch.cat([batch, padding])
         logits, boxes = detector.forward(batch)
-        logits, boxes = logits[:rows], boxes[:rows]
-        results: list[Any] = [None] * len(frames)
+        return logits[:rows], boxes[:rows], metadata, order, confidences
+
+    def finish(self, state: tuple) -> list[Any]:
+        """Post-process a launched batch: one `Detections` per frame, in the frames' order."""
+        logits, boxes, metadata, order, confidences = state
+        detector = self.detector
+        rows = logits.shape[0]
+        results: list[Any] = [None] * len(order)
         ordered = [confidences[i] for i in order]
         for positions in _groups([_confidence_key(c) for c in ordered]).values():
             confidence = ordered[positions[0]]

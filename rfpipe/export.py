@@ -17,55 +17,33 @@ import torch
 from rfpipe.backends.torch import (
     MODEL_TYPES,
     OPTIONAL_BUFFERS,
-    import_rfdetr,
+    checkpoint_info,
     quiet_rfdetr,
+    read_checkpoint,
 )
-from rfpipe.config import CLASS_NAMES_FILE, CONFIG_FILE, IMAGENET_NORMALIZATION
+from rfpipe.config import CLASS_NAMES_FILE, CONFIG_FILE, checkpoint_config_dict
 
 MODEL_TYPE_OF_CLASS = {cls: model_type for model_type, cls in MODEL_TYPES.items()}
-
-
-def package_config(resolution: int) -> dict:
-    """The inference_config.json of an exported checkpoint: stretch to its resolution, RGB, ImageNet."""
-    return {
-        "image_pre_processing": {},
-        "network_input": {
-            "training_input_size": {"width": resolution, "height": resolution},
-            "dynamic_spatial_size_supported": False,
-            "color_mode": "rgb",
-            "resize_mode": "stretch",
-            "input_channels": 3,
-            "normalization": IMAGENET_NORMALIZATION,
-        },
-    }
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, onnx: bool = True) -> Path:
     """Write a model package for an rfdetr training checkpoint into `out_dir` (created if needed).
 
-    >>> export_checkpoint("checkpoint_best_total.pth", "my-package")  # model  # doctest: +SKIP
+    >>> export_checkpoint("checkpoint_best_total.pth", "my-package")  # doctest: +SKIP
     PosixPath('my-package')
     """
-    import_rfdetr()
-    from rfdetr.detr import RFDETR
-
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
-    try:
-        with quiet_rfdetr():
-            wrapper = RFDETR.from_checkpoint(str(checkpoint), device="cpu")
-    except (ValueError, KeyError, RuntimeError, EOFError) as error:
-        raise ValueError(f"{checkpoint}: not a loadable rfdetr checkpoint ({error})") from error
-    class_name = type(wrapper).__name__
+    wrapper = read_checkpoint(checkpoint)
+    info = checkpoint_info(wrapper)
+    class_name = info.model_name
     if class_name not in MODEL_TYPE_OF_CLASS:
         raise ValueError(f"{checkpoint}: {class_name} models cannot be packaged (supported: {sorted(MODEL_TYPE_OF_CLASS)})")
-    config = wrapper.model_config
-    names = list(getattr(wrapper.model, "class_names", None) or [f"class_{i}" for i in range(config.num_classes)])
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / CONFIG_FILE).write_text(json.dumps(package_config(int(config.resolution)), indent=2) + "\n")
-    (out_dir / CLASS_NAMES_FILE).write_text("\n".join(names) + "\n")
+    config = checkpoint_config_dict(info.resolution, info.size_divisor)  # the same config a direct load uses
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    (out_dir / CLASS_NAMES_FILE).write_text("\n".join(info.class_names) + "\n")
     (out_dir / "model_type.json").write_text(json.dumps({"model_type": MODEL_TYPE_OF_CLASS[class_name]}) + "\n")
     # The torch weights as inference-models 0.39's loader reads them (a strict load: no rfdetr-only buffers).
     weights = {k: v for k, v in wrapper.model.model.state_dict().items() if k not in OPTIONAL_BUFFERS}

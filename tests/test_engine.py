@@ -120,6 +120,50 @@ def test_the_queue_is_bounded_and_close_drains_what_was_accepted(detector, photo
 
 
 def test_engine_options_are_checked(detector):
-    for bad in ({"max_batch": 0}, {"batch_policy": "static"}, {"max_wait_ms": -1}, {"queue_size": 2, "max_batch": 4}):
+    for bad in ({"max_batch": 0}, {"batch_policy": "static"}, {"max_wait_ms": -1}, {"queue_size": 2, "max_batch": 4},
+                {"inflight": 0}, {"gpu_decode": True}):
         with pytest.raises(ValueError):
             Engine(detector, **bad)
+
+
+def test_stream_on_torch_eager_equals_per_image_calls_with_mixed_sizes_overrides_and_confidences(packages, photos):  # noqa: F811
+    detector = rfpipe.Detector.load(packages["static-crop"], device="cpu", backend="torch", compile="auto")
+    assert detector.backend.compile_mode == "none"  # no CUDA here: eager, whatever was asked
+    frames = _frames(photos, 5)
+    confidences = [0.3, 0.5, {"car": 0.2}, 0.45, 0.3]
+    overrides = [rfpipe.Overrides(disable_static_crop=i % 2 == 0) for i in range(len(frames))]
+    engine = Engine(detector, max_batch=4, max_wait_ms=50)
+    try:
+        futures = [engine.submit(f, confidence=c, overrides=o)
+                   for f, c, o in zip(frames, confidences, overrides, strict=True)]
+        got = [f.result(timeout=300) for f in futures]
+    finally:
+        engine.close()
+    for frame, confidence, override, result in zip(frames, confidences, overrides, got, strict=True):
+        assert _same(result, detector(frame, confidence=confidence, overrides=override)[0])
+    streamed = list(detector.stream(frames, confidence=0.3, max_batch=2))
+    for frame, result in zip(frames, streamed, strict=True):
+        assert _same(result, detector(frame, confidence=0.3)[0])
+
+
+def test_post_processing_runs_beside_the_next_batch_and_a_failure_there_fails_only_its_images(detector, photos):
+    frames = _frames(photos, 4)
+    calls = []
+    original = detector.postprocess
+
+    def flaky(logits, boxes, metadata, **options):
+        calls.append(len(metadata))
+        if len(metadata) > 1:
+            raise RuntimeError("post-processing failed for the batch")
+        return original(logits, boxes, metadata, **options)
+
+    engine = Engine(detector, max_batch=4, max_wait_ms=50, inflight=1)
+    engine.detector = type("Flaky", (), {"preprocess": detector.preprocess, "forward": detector.forward,
+                                         "postprocess": staticmethod(flaky), "device": detector.device})()
+    try:
+        results = [f.result(timeout=120) for f in [engine.submit(f, confidence=0.3) for f in frames]]
+    finally:
+        engine.close()
+    assert max(calls) > 1 and calls.count(1) >= len(frames)  # the batch failed, then each image alone
+    for frame, result in zip(frames, results, strict=True):
+        assert _same(result, detector(frame, confidence=0.3)[0])

@@ -4,7 +4,7 @@ On CUDA, inputs and outputs are bound to device memory (I/O binding), so the bat
 host round trip; ONNX Runtime runs on a stream of its own that first waits for the caller's
 current stream (where preprocessing queued the batch), and the caller's stream then waits for
 it: ordering stays on the GPU, with no host synchronisation between stages. A model exported
-with a static batch size runs in chunks of that size, the last one padded.
+with a static batch size runs in chunks of that size, the last one padded (`run_in_chunks`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rfpipe.backends import BackendUnavailable
+from rfpipe.backends import BackendUnavailable, check_options, run_in_chunks
 from rfpipe.devices import resolve_device
 
 # rfdetr's exporter names its outputs; older exports are read by position (boxes first).
@@ -40,7 +40,11 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None):
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None,
+                 **options):
+        check_options(self.name, options, ("threads",))
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
         ort = _onnxruntime()
         self.device = resolve_device(device)
         self.path = Path(path)
@@ -85,20 +89,6 @@ class OnnxBackend:
             # Ordering is kept with stream waits; no blocking synchronisation at the end of each run.
             self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
 
-    def _chunks(self, batch: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
-        """(input, real rows) pieces that fit a static batch size; the last one padded by repetition."""
-        size = self.static_batch
-        if size is None or batch.shape[0] == size:
-            return [(batch, batch.shape[0])]
-        pieces = []
-        for start in range(0, batch.shape[0], size):
-            piece = batch[start : start + size]
-            rows = piece.shape[0]
-            if rows < size:
-                piece = torch.cat([piece, piece[-1:].expand(size - rows, *piece.shape[1:])])
-            pieces.append((piece.contiguous(), rows))
-        return pieces
-
     def _run_cpu(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.session.run([self.logits_name, self.boxes_name], {self.input_name: batch.numpy()}, self.run_options)
         return torch.from_numpy(out[0]), torch.from_numpy(out[1])
@@ -125,10 +115,6 @@ class OnnxBackend:
         if batch.device != self.device:
             raise ValueError(f"batch is on {batch.device}, the onnx backend runs on {self.device}")
         run = self._run_cuda if self.device.type == "cuda" else self._run_cpu
-        pieces = self._chunks(batch)
-        results = [run(piece.float().contiguous()) for piece, _ in pieces]
-        if len(pieces) == 1 and pieces[0][1] == pieces[0][0].shape[0]:
-            return results[0]
-        logits = torch.cat([lg[:rows] for (lg, _), (_, rows) in zip(results, pieces, strict=True)])
-        boxes = torch.cat([bx[:rows] for (_, bx), (_, rows) in zip(results, pieces, strict=True)])
-        return logits, boxes
+        size = self.static_batch
+        return run_in_chunks(lambda piece: run(piece.float().contiguous()), batch, size,
+                             None if size is None else lambda rows: size)

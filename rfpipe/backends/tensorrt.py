@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from rfpipe.backends import BackendUnavailable
+from rfpipe.backends import BackendUnavailable, check_options, run_in_chunks
 from rfpipe.devices import resolve_device
 
 BOXES_OUTPUT, LOGITS_OUTPUT = "dets", "labels"
@@ -57,7 +57,9 @@ class TensorRTBackend:
 
     name = "tensorrt"
 
-    def __init__(self, engine_path: str | Path, config_path: str | Path, device: str | torch.device = "cuda"):
+    def __init__(self, engine_path: str | Path, config_path: str | Path, device: str | torch.device = "cuda",
+                 **options):
+        check_options(self.name, options, ())
         trt = _tensorrt()
         self.device = resolve_device(device)
         if self.device.type != "cuda":
@@ -84,9 +86,7 @@ class TensorRTBackend:
         self.stream = torch.cuda.Stream(self.device)
 
     def _run(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = batch.shape[0]
-        if rows < self.min_batch:  # pad a short batch up to the engine's minimum
-            batch = torch.cat([batch, batch[-1:].expand(self.min_batch - rows, *batch.shape[1:])])
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))  # the piece was made on the caller's stream
         self.context.set_input_shape(self.input_name, tuple(batch.shape))
         outputs = {}
         with torch.cuda.stream(self.stream):
@@ -99,16 +99,14 @@ class TensorRTBackend:
             raise RuntimeError("TensorRT execution failed")
         for tensor in (batch, *outputs.values()):
             tensor.record_stream(self.stream)
-        return outputs[self.logits_name][:rows], outputs[self.boxes_name][:rows]
+        return outputs[self.logits_name], outputs[self.boxes_name]
 
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if batch.device != self.device:
             raise ValueError(f"batch is on {batch.device}, the tensorrt backend runs on {self.device}")
         batch = batch.float().contiguous()
         caller = torch.cuda.current_stream(self.device)
-        self.stream.wait_stream(caller)
-        parts = [self._run(batch[i : i + self.max_batch]) for i in range(0, batch.shape[0], self.max_batch)]
+        # A short piece is padded up to the engine's minimum batch.
+        outputs = run_in_chunks(self._run, batch, self.max_batch, lambda rows: max(rows, self.min_batch))
         caller.wait_stream(self.stream)
-        if len(parts) == 1:
-            return parts[0]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return outputs

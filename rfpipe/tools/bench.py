@@ -177,3 +177,139 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# -- the engine: frames/s through rfpipe.engine, per compile mode and dtype ------------------------------
+
+
+class GpuUtilisation:
+    """Samples the GPU's utilisation (%) while running, through pynvml or nvidia-smi; `note` says why not."""
+
+    def __init__(self, device: torch.device, interval_s: float = 0.1):
+        import threading
+
+        self.samples: list[float] = []
+        self.note: str | None = None
+        self._stop = threading.Event()
+        self._thread = None
+        if device.type != "cuda":
+            self.note = "no GPU"
+            return
+        self._read = self._reader(device.index or 0)
+        if self._read is not None:
+            self._interval = interval_s
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _reader(self, index: int):
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            return lambda: float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+        except Exception:
+            pass
+        import shutil
+        import subprocess
+
+        if shutil.which("nvidia-smi") is None:
+            self.note = "GPU utilisation omitted: neither pynvml nor nvidia-smi is available"
+            return None
+        command = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", str(index)]
+        return lambda: float(subprocess.run(command, capture_output=True, text=True, timeout=5).stdout.strip())
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.samples.append(self._read())
+            except Exception as error:  # a reader that stops working: say so, keep the run
+                self.note = f"GPU utilisation sampling stopped: {error}"
+                return
+
+    def __enter__(self) -> GpuUtilisation:
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def mean(self) -> float | None:
+        return statistics.fmean(self.samples) if self.samples else None
+
+
+def engine_row(detector: Detector, encoded: list[bytes], max_batch: int, seconds: float = 3.0,
+               confidence: float = 0.4, **options: Any) -> dict[str, Any]:
+    """Encoded bytes -> detections through `rfpipe.engine.Engine` for `seconds`: frames/s, GPU utilisation."""
+    from rfpipe.engine import Engine
+
+    with Engine(detector, max_batch=max_batch, queue_size=max(256, 8 * max_batch), **options) as engine:
+        for future in [engine.submit(encoded[i % len(encoded)], confidence=confidence) for i in range(2 * max_batch)]:
+            future.result()
+        window: list = []
+        count = 0
+        with GpuUtilisation(detector.device) as gpu:
+            start = time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                window.append(engine.submit(encoded[count % len(encoded)], confidence=confidence))
+                count += 1
+                if len(window) > 4 * max_batch:
+                    window.pop(0).result()
+            for future in window:
+                future.result()
+            wall = time.perf_counter() - start
+    row: dict[str, Any] = {"max_batch": max_batch, "frames": count, "fps": count / wall,
+                           "gpu_utilisation_pct": gpu.mean()}
+    if gpu.note:
+        row["note"] = gpu.note
+    return row
+
+
+def run_engine_bench(model: str | Path, device: str, variants: Sequence[tuple[str, str]], encoded: list[bytes],
+                     batches: Sequence[int], seconds: float = 3.0, backend: str = "auto",
+                     confidence: float = 0.4) -> list[dict[str, Any]]:
+    """One row per (compile mode, dtype) variant and max batch, each variant loaded with `max(batches)`."""
+    rows = []
+    for compile_mode, dtype in variants:
+        options = {} if compile_mode == "none" and dtype == "float32" else {"compile": compile_mode, "dtype": dtype}
+        start = time.perf_counter()
+        detector = Detector.load(model, device=device, backend=backend, max_batch=max(batches), **options)
+        load_s = time.perf_counter() - start
+        actual = getattr(detector.backend, "compile_mode", "none")
+        for batch in batches:
+            row = engine_row(detector, encoded, batch, seconds, confidence)
+            rows.append({"pipeline": f"engine {actual}/{dtype}", "load_s": load_s, **row})
+    return rows
+
+
+def format_engine_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'engine variant':28s} {'max batch':>9s} {'frames/s':>9s} {'GPU %':>6s} {'load s':>7s}"]
+    for row in rows:
+        gpu = "-" if row.get("gpu_utilisation_pct") is None else f"{row['gpu_utilisation_pct']:.0f}"
+        lines.append(f"{row['pipeline']:28s} {row['max_batch']:9d} {row['fps']:9.1f} {gpu:>6s} {row['load_s']:7.1f}")
+    notes = {row["note"] for row in rows if row.get("note")}
+    return "\n".join([*lines, *sorted(notes)])
+
+
+def plot_engine(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """frames/s against max batch, one line per engine variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label in dict.fromkeys(r["pipeline"] for r in rows):
+        points = sorted((r["max_batch"], r["fps"]) for r in rows if r["pipeline"] == label)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("max batch")
+    ax.set_ylabel("frames/s (encoded bytes -> detections)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -27,7 +27,7 @@ from rfpipe.config import ConfigError
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model package directory or rfdetr checkpoint (.pth)")
-    add_model_options(parser)
+    add_model_options(parser, compile_options=True)
     parser.add_argument("--confidence", type=float, default=0.4, help="keep detections above this (default 0.4)")
 
 
@@ -95,6 +95,18 @@ def _bench(args: argparse.Namespace) -> int:
         (args.out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
         bench.plot(rows, args.out / "bench.png", title)
         print(f"-> {args.out / 'bench.json'}, {args.out / 'bench.png'}", file=sys.stderr)
+    if args.engine:
+        variants = [tuple(v.split("/")) for v in args.engine.split(",")]
+        if any(len(v) != 2 for v in variants):
+            raise ValueError(f"--engine takes COMPILE/DTYPE pairs such as none/float32,cudagraphs/bfloat16, got {args.engine!r}")
+        engine_rows = bench.run_engine_bench(args.model, args.device, variants, encoded, batches,
+                                             seconds=args.engine_seconds, backend=args.backend,
+                                             confidence=args.confidence)
+        print(bench.format_engine_table(engine_rows))
+        if args.out is not None:
+            (args.out / "bench_engine.json").write_text(json.dumps({"rows": engine_rows}, indent=1) + "\n")
+            bench.plot_engine(engine_rows, args.out / "bench_engine.png", title)
+            print(f"-> {args.out / 'bench_engine.json'}, {args.out / 'bench_engine.png'}", file=sys.stderr)
     return 0
 
 
@@ -145,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=3)
     bench.add_argument("--compare-inference-models", action="store_true",
                        help="also time inference-models' own RF-DETR model on the same package and frames")
+    bench.add_argument("--engine", metavar="COMPILE/DTYPE,...",
+                       help="also run the engine (bytes -> detections, decode pool, pipelined) for each variant, "
+                            "e.g. none/float32,cudagraphs/bfloat16: frames/s and GPU utilisation per --batch")
+    bench.add_argument("--engine-seconds", type=float, default=3.0, help="seconds per engine row (default 3)")
     bench.add_argument("--out", type=Path, help="write bench.json and bench.png here")
     bench.add_argument("--quiet", action="store_true")
     bench.set_defaults(run=_bench)
