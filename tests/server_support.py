@@ -57,18 +57,25 @@ class FakeDetector:
         self._w_logits = torch.randn(queries * n, 48, generator=g, dtype=torch.float64) * 0.7
         self._w_boxes = torch.randn(queries * 4, 48, generator=g, dtype=torch.float64)
         self.calls: list[int] = []  # batch size of each forward, for batching tests
-        self.fail_on_pixel: int | None = None  # forward raises if any image's first pixel equals this
+        # Test hooks in the forward pass (the backend's place): it raises `fail_with` when any image's
+        # first value (x1000, rounded) equals `fail_on_pixel`, and sleeps `delay_s` per batch.
+        self.fail_on_pixel: int | None = None
+        self.fail_with: type[BaseException] = RuntimeError
+        self.delay_s = 0.0
 
-    def preprocess(self, images, input_color_format="bgr", overrides=None, image_size=None, implementation="auto"):
+    def preprocess(self, images, input_color_format="bgr", overrides=None, image_size=None, implementation="auto",
+                   synchronize=True):
         return rfpipe.preprocess(images, self.config, device=self.device, input_color_format=input_color_format,
                                  image_size=image_size, overrides=overrides, implementation="reference")
 
     def forward(self, batch: torch.Tensor):
         self.calls.append(batch.shape[0])
+        if self.delay_s:
+            time.sleep(self.delay_s)
         if self.fail_on_pixel is not None:
             for image in batch:
                 if round(float(image[0, 0, 0]) * 1000) == self.fail_on_pixel:
-                    raise RuntimeError("injected forward failure")
+                    raise self.fail_with("injected forward failure")
         pooled = torch.nn.functional.adaptive_avg_pool2d(batch.double(), (4, 4)).flatten(1)  # [B, 48]
         # Elementwise products and a per-row sum: no batched GEMM, so a row never depends on its neighbours.
         logits = (pooled[:, None, :] * self._w_logits[None]).sum(-1)
