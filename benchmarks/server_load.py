@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from rfpipe.samples import load_samples  # noqa: E402
+from rfpipe.samples import load_samples
 
 MODEL_ID = "bench/1"
 FAKE = "fake"

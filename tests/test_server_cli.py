@@ -7,7 +7,14 @@ import uvicorn
 
 from rfpipe.devices import default_device
 from rfpipe.server import launch
-from rfpipe.server.cli import build_parser, launch_from_args, load_options, main, parse_devices, settings_from_args
+from rfpipe.server.cli import (
+    build_parser,
+    launch_from_args,
+    load_options,
+    main,
+    parse_devices,
+    settings_from_args,
+)
 from rfpipe.server.launch import Launch, process_devices, uvicorn_options
 
 

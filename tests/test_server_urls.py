@@ -88,7 +88,7 @@ def test_url_is_refused_when_the_operator_did_not_allow_it():
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         if self.path == "/redirect":
             self.send_response(302)
             self.send_header("Location", "http://127.0.0.1:1/elsewhere")
