@@ -150,3 +150,35 @@ def live_server(app, ready_timeout_s: float = 60.0) -> Iterator[str]:
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+def serve_fake(argv: list[str] | None = None) -> None:
+    """`python tests/server_support.py --port P [--delay-ms D ...]`: a FakeDetector server in its own process.
+
+    For the tests that measure the server from outside (overload: its RSS, its capacity), so the
+    load generator and the server do not share an interpreter.
+    """
+    import argparse
+
+    from conftest import make_config
+
+    from rfpipe.server import ServerSettings, create_app
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--delay-ms", type=float, default=0.0, help="sleep per forward pass (a slower 'network')")
+    p.add_argument("--max-batch", type=int, default=4)
+    p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument("--queue-size", type=int, default=16)
+    p.add_argument("--request-timeout", type=float, default=2.0)
+    args = p.parse_args(argv)
+    detector = FakeDetector(make_config(size=(48, 40)))
+    detector.delay_s = args.delay_ms / 1000.0
+    settings = ServerSettings(model_id="pets/3", max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                              queue_size=args.queue_size, request_timeout_s=args.request_timeout)
+    uvicorn.run(create_app([detector], settings), host="127.0.0.1", port=args.port, log_level="warning",
+                timeout_graceful_shutdown=5)
+
+
+if __name__ == "__main__":
+    serve_fake()

@@ -34,12 +34,15 @@ class QueueFull(Exception):
 
 
 class _Timed:
-    """The engine's view of a detector: the same calls, timed into the server's metrics."""
+    """The engine's view of a detector: the same calls, timed into the server's metrics once `live` (after warm-up)."""
 
     def __init__(self, detector: Any, metrics: Metrics):
         self._detector = detector
         self._metrics = metrics
-        self._images = metrics.images.labels(str(getattr(detector, "device", "cpu")))
+        device = str(getattr(detector, "device", "cpu"))
+        self._images = metrics.images.labels(device)
+        self._gpu = device if device.startswith("cuda") else None
+        self.live = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._detector, name)
@@ -49,23 +52,28 @@ class _Timed:
         try:
             return self._detector.preprocess(images, **options)
         finally:
-            self._metrics.stage.labels("preprocess").observe(time.perf_counter() - started)
+            if self.live:
+                self._metrics.stage.labels("preprocess").observe(time.perf_counter() - started)
 
     def forward(self, batch: torch.Tensor) -> Any:
         started = time.perf_counter()
         try:
             return self._detector.forward(batch)
         finally:
-            self._metrics.stage.labels("forward").observe(time.perf_counter() - started)
-            self._metrics.batch_size.observe(batch.shape[0])
+            if self.live:
+                self._metrics.stage.labels("forward").observe(time.perf_counter() - started)
+                self._metrics.batch_size.observe(batch.shape[0])
 
     def postprocess(self, logits: torch.Tensor, boxes: torch.Tensor, metadata: Sequence[Any], **options: Any) -> Any:
         started = time.perf_counter()
         try:
             return self._detector.postprocess(logits, boxes, metadata, **options)
         finally:
-            self._metrics.stage.labels("postprocess").observe(time.perf_counter() - started)
-            self._images.inc(len(metadata))
+            if self.live:
+                self._metrics.stage.labels("postprocess").observe(time.perf_counter() - started)
+                self._images.inc(len(metadata))
+                if self._gpu is not None:
+                    self._metrics.gpu_peak.labels(self._gpu).set(torch.cuda.max_memory_allocated(self._gpu))
 
 
 def warmup_sizes(detector: Any, max_batch: int, batch_policy: str) -> list[int]:
@@ -97,9 +105,10 @@ class Batcher:
         self.batch_policy = batch_policy
         self._capacity = capacity
         self._metrics = metrics
-        self._engines = [Engine(_Timed(d, metrics), max_batch=max_batch, max_wait_ms=max_wait_ms,
+        self._timed = [_Timed(d, metrics) for d in detectors]
+        self._engines = [Engine(timed, max_batch=max_batch, max_wait_ms=max_wait_ms,
                                 queue_size=max(capacity, max_batch), batch_policy=batch_policy)
-                         for d in detectors]
+                         for timed in self._timed]
         self._admitted = 0  # images admitted and not yet answered (decoding, queued or running)
         self._lock = threading.Lock()
         self._warm = [False] * len(detectors)
@@ -136,6 +145,7 @@ class Batcher:
             self.failure = f"worker {index} ({device}) failed its warm-up batch: {error!r}"
             logger.exception("worker %d (%s) failed its warm-up batch; it will not serve", index, device)
         else:
+            self._timed[index].live = True
             self._warm[index] = True
             elapsed = time.perf_counter() - started
             self.warmup_s = max(self.warmup_s or 0.0, elapsed)
