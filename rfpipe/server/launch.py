@@ -71,7 +71,17 @@ def serve(launch: Launch, settings: ServerSettings) -> int:
     import uvicorn
 
     app = load_app(launch, list(launch.devices), settings)
-    uvicorn.run(app, host=launch.host, port=launch.port, **uvicorn_options(launch))
+    stopped: list[int] = []
+    # uvicorn handles SIGINT/SIGTERM itself (stop accepting, drain, shut down), then re-raises the
+    # signal to the handler it found: this one records it, so a requested stop exits 0.
+    previous = {s: signal.signal(s, lambda signum, _: stopped.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        uvicorn.run(app, host=launch.host, port=launch.port, **uvicorn_options(launch))
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stopped:
+        logger.info("stopped by %s", signal.Signals(stopped[0]).name)
     return 0
 
 
