@@ -1,10 +1,12 @@
 """The Roboflow inference server's HTTP app (PyPI `inference`), for serving a local package beside rfpipe.
 
 What its CPU docker image serves, built from the installed package, for benchmarks/server_load.py's
-peer comparison (docs: benchmarks/RESULTS.md). Run in an environment with `inference` installed:
+peer comparison (docs: benchmarks/RESULTS.md). Run in an environment with `inference[http]` installed,
+from a directory holding `inference/landing/out/static` and `inference/landing/out/_next/static`
+(empty will do: the app mounts its landing page from there, relative to the working directory):
 
     ALLOW_INFERENCE_MODELS_DIRECTLY_ACCESS_LOCAL_PACKAGES=True OFFLINE_MODE=True \\
-        python -m uvicorn --app-dir benchmarks inference_server_app:app --host 127.0.0.1 --port 9002
+        python -m uvicorn --app-dir RFPIPE/benchmarks inference_server_app:app --host 127.0.0.1 --port 9002
 
 The package directory needs a `model_config.json` ({"model_architecture": "rfdetr", "task_type":
 "object-detection", "backend_type": "onnx"}); requests name it by its absolute path as model id

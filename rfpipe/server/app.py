@@ -62,7 +62,7 @@ def json_response(content: Any) -> Response:
     """An answer's JSON (orjson when installed: measured faster for detection lists, benchmarks/RESULTS.md)."""
     if orjson is None:
         return JSONResponse(content)
-    return Response(orjson.dumps(content), media_type="application/json")
+    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
 def _request_id(request: Request) -> str:
