@@ -330,6 +330,7 @@ def soak(server: Server, images: list[str], total: int, concurrency: int = 8, ev
 
 
 def main() -> None:
+    global MODEL_ID
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model package to serve (the benchmark starts the server); "
                                     "'fake' serves a stand-in network (serving-path soak)")
@@ -351,7 +352,6 @@ def main() -> None:
     p.add_argument("--soak", type=int, default=0, help="requests for the memory soak (multiple of 1000)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
-    global MODEL_ID
     MODEL_ID = args.model_id  # every request body and every server this run starts
     if not args.model and not args.url:
         p.error("give --model (start a server) or --url (a running server)")
