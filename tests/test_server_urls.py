@@ -17,7 +17,7 @@ from server_support import FakeDetector
 
 from rfpipe.server import ServerSettings, create_app
 from rfpipe.server.errors import ApiError
-from rfpipe.server.images import fetch_url, is_public_address
+from rfpipe.server.payloads import fetch_url, is_public_address
 
 MODEL = "pets/3"
 PNG = cv2.imencode(".png", np.full((20, 30, 3), 90, np.uint8))[1].tobytes()

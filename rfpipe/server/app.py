@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import rfpipe
 from rfpipe.geometry import Overrides
 from rfpipe.server.errors import ApiError, from_validation_errors
-from rfpipe.server.images import decode_base64
+from rfpipe.server.payloads import decode_base64
 from rfpipe.server.pipeline import Options, Pipeline, options_from_request
 from rfpipe.server.schemas import (
     AddModelRequest,

@@ -26,8 +26,8 @@ from rfpipe.io.decode import DecodeError, decode_image, read_header
 from rfpipe.io.gpu import check_device_decoder, decode_for_device
 from rfpipe.server.batching import Batcher, QueueFull
 from rfpipe.server.errors import ApiError, from_decode_error
-from rfpipe.server.images import payload_bytes
 from rfpipe.server.metrics import Metrics
+from rfpipe.server.payloads import payload_bytes
 from rfpipe.server.schemas import ImagePayload, ObjectDetectionRequest
 from rfpipe.server.settings import ServerSettings, decode_device
 from rfpipe.server.visualize import draw_predictions
