@@ -76,17 +76,20 @@ class FakeDetector:
             for image in batch:
                 if round(float(image[0, 0, 0]) * 1000) == self.fail_on_pixel:
                     raise self.fail_with("injected forward failure")
-        pooled = torch.nn.functional.adaptive_avg_pool2d(batch.double(), (4, 4)).flatten(1)  # [B, 48]
-        # Elementwise products and a per-row sum: no batched GEMM, so a row never depends on its neighbours.
-        logits = (pooled[:, None, :] * self._w_logits[None]).sum(-1)
-        boxes = torch.sigmoid((pooled[:, None, :] * self._w_boxes[None]).sum(-1))
-        b = batch.shape[0]
-        return logits.reshape(b, self.queries, -1).float(), boxes.reshape(b, self.queries, 4).float()
+        # Each image on its own, by the same ops at the same shapes whatever the batch: no batched GEMM,
+        # and no elementwise kernel whose SIMD body / scalar tail split (last-ulp differences) moves
+        # with the batch size. So a row never depends on its neighbours or on how many there are.
+        logits, boxes = [], []
+        for image in batch:
+            pooled = torch.nn.functional.adaptive_avg_pool2d(image[None].double(), (4, 4)).flatten(1)  # [1, 48]
+            logits.append((pooled * self._w_logits).sum(-1).reshape(self.queries, -1).float())
+            boxes.append(torch.sigmoid((pooled * self._w_boxes).sum(-1)).reshape(self.queries, 4).float())
+        return torch.stack(logits), torch.stack(boxes)
 
     def postprocess(self, logits, boxes, metadata, confidence=0.4):
         results = []
-        scores = torch.sigmoid(logits)
-        for score, box, meta in zip(scores, boxes, metadata, strict=True):
+        for logit, box, meta in zip(logits, boxes, metadata, strict=True):
+            score = torch.sigmoid(logit.clone())  # per image (see forward)
             flat = score.flatten()
             values, index = flat.topk(self.queries)
             query, cls = index // score.shape[1], index % score.shape[1]
