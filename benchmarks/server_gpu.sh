@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
-# Server load on a GPU machine (the device tool). Steps, in the order given (default: all):
+# Server load on a GPU machine (the device tool). Steps, in the order given (default: engine):
+#   engine   one GPU, the issue's table in one run (about 7 min): concurrency 1/8/64/256 on the eager
+#            path (no --compile) against the engine's compiled forward in float32 and in bfloat16
+#            (--compile auto, --max-batch 64), then --batch-policy fixed --max-batch 64 --check (64 concurrent
+#            clients' answers against each image alone: bit-identical expected). JSON per row in $OUT.
 #   levels   one GPU: concurrency 1/8/64, correctness under load (--check), batching gain vs --max-batch 1
 #   fp32     one GPU, TF32 off (NVIDIA_TF32_OVERRIDE=0): correctness under load and its batching gain
 #   soak     one GPU: 10,000 requests, resident memory after each 1000
@@ -23,9 +27,18 @@ B="python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 
 # Output lines go to stdout only (the device returns at most 8 files); each step writes its JSON to $OUT.
 log() { grep --line-buffered -v -E "UserWarning|FutureWarning|DeprecationWarning|warnings.warn"; }
 gpus=$(python3 -c 'import torch; print(torch.cuda.device_count())')
-steps=${*:-levels fp32 soak workers multi replicas decode}
+steps=${*:-engine}
+E="python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 720 --concurrency 1,8,64,256 --requests 3000 --cap-s 8"
 for step in $steps; do
   case $step in
+    engine) timeout 100 $E --device cuda:0 --max-batch 16 --json "$OUT/engine_eager.json" 2>&1 | log
+            timeout 130 $E --device cuda:0 --max-batch 64 --server-arg=--compile=auto --server-arg=--dtype=float32 \
+              --json "$OUT/engine_compiled_fp32.json" 2>&1 | log
+            timeout 130 $E --device cuda:0 --max-batch 64 --server-arg=--compile=auto --server-arg=--dtype=bfloat16 \
+              --json "$OUT/engine_compiled_bf16.json" 2>&1 | log
+            timeout 90 python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 720 --device cuda:0 \
+              --max-batch 64 --server-arg=--batch-policy=fixed --server-arg=--compile=auto --concurrency 64 \
+              --requests 1000 --cap-s 8 --check --json "$OUT/engine_fixed_check.json" 2>&1 | log ;;
     levels) timeout 300 $B --device cuda:0 --concurrency 1,8,64 --requests 400 --cap-s 15 --check \
               --compare-max-batch 1 --json "$OUT/levels.json" 2>&1 | log ;;
     fp32) NVIDIA_TF32_OVERRIDE=0 timeout 200 $B --device cuda:0 --concurrency 64 --requests 400 --cap-s 15 --check \

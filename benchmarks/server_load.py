@@ -1,7 +1,8 @@
 """Load benchmark for `rfpipe serve`: throughput, p50/p99 latency, errors and peak memory per concurrency.
 
 Starts the server itself (on 127.0.0.1, a free port) from a model package, or targets a running
-one on loopback with --url. Every level is bounded in requests and in seconds. Optional parts:
+one on loopback with --url: rfpipe, or the Roboflow inference server (`inference`, same route and
+body) with --model-id set to the id it serves and --pid its process for the memory figures. Every level is bounded in requests and in seconds. Optional parts:
 --compare-max-batch 1 starts a second server with that batch limit and prints the throughput ratio
 at the highest concurrency (the batching gain, baseline measured in the same run); --check sends
 64 different images concurrently and compares each answer with the same image's answer sent
@@ -9,6 +10,7 @@ alone; --soak N sends N requests and samples the server's resident memory to sho
 
     python benchmarks/server_load.py --model PKG [--device cuda] [--concurrency 1,8,64]
         [--requests 200] [--max-batch 16] [--compare-max-batch 1] [--check] [--soak 10000] [--json out.json]
+    python benchmarks/server_load.py --url http://127.0.0.1:9001 --model-id /abs/path/to/package --pid PID
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ from rfpipe.server import ServerSettings, create_app
 from rfpipe.server.cli import build_parser
 a = build_parser().parse_args(sys.argv[1:])
 detector = FakeDetector(make_config(size=(64, 64), mode="letterbox", dataset=(96, 72)))
-settings = ServerSettings(model_id=a.model_id, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, queue_size=a.queue_size)
+settings = ServerSettings(model_id=a.model_id, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, queue_size=a.queue_size,
+                          batch_policy=a.batch_policy)
 uvicorn.run(create_app([detector], settings), host="127.0.0.1", port=a.port, log_level="warning")
 """
 
@@ -103,22 +106,26 @@ class Server:
             self.process.kill()
 
     def memory_mb(self) -> tuple[float, float]:
-        """Current and peak resident memory of the server's process tree (with --processes: every child), MiB.
+        return memory_mb(self.process.pid)
 
-        Sums over the processes: pages they share (libraries) count once per process, and the peak is
-        the sum of each process's own peak (VmHWM), which may not all have come at the same moment.
-        """
-        rss = peak = 0
-        for pid in process_tree(self.process.pid):
-            try:
-                with open(f"/proc/{pid}/status") as f:
-                    fields = dict(line.split(":", 1) for line in f)
-            except FileNotFoundError:  # ended while we looked
-                continue
-            if "VmRSS" in fields:  # a zombie has none
-                rss += int(fields["VmRSS"].split()[0])
-                peak += int(fields["VmHWM"].split()[0])
-        return rss / 1024, peak / 1024
+
+def memory_mb(root: int) -> tuple[float, float]:
+    """Current and peak resident memory of a server's process tree (with --processes: every child), MiB.
+
+    Sums over the processes: pages they share (libraries) count once per process, and the peak is
+    the sum of each process's own peak (VmHWM), which may not all have come at the same moment.
+    """
+    rss = peak = 0
+    for pid in process_tree(root):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                fields = dict(line.split(":", 1) for line in f)
+        except FileNotFoundError:  # ended while we looked
+            continue
+        if "VmRSS" in fields:  # a zombie has none
+            rss += int(fields["VmRSS"].split()[0])
+            peak += int(fields["VmHWM"].split()[0])
+    return rss / 1024, peak / 1024
 
 
 def process_tree(pid: int) -> list[int]:
@@ -153,6 +160,7 @@ def request(url: str, method: str, path: str, body: bytes | None = None, conn=No
 
 
 def infer_body(image_b64: str, confidence: float = 0.4) -> bytes:
+    """The JSON body of one request (the same for rfpipe and the inference server)."""
     return json.dumps({"model_id": MODEL_ID, "image": {"type": "base64", "value": image_b64},
                        "confidence": confidence}).encode()
 
@@ -322,10 +330,15 @@ def soak(server: Server, images: list[str], total: int, concurrency: int = 8, ev
 
 
 def main() -> None:
+    global MODEL_ID
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model package to serve (the benchmark starts the server); "
                                     "'fake' serves a stand-in network (serving-path soak)")
-    p.add_argument("--url", help="a running server on loopback instead (its model id must be 'bench/1')")
+    p.add_argument("--url", help="a running server on loopback instead (rfpipe, or the Roboflow inference server)")
+    p.add_argument("--model-id", default=MODEL_ID,
+                   help="the model id requests name (default bench/1, what the benchmark's own servers serve; "
+                        "for the inference server serving a local package: the package's absolute path)")
+    p.add_argument("--pid", type=int, help="with --url: the server's process id, for its memory figures")
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
@@ -339,6 +352,7 @@ def main() -> None:
     p.add_argument("--soak", type=int, default=0, help="requests for the memory soak (multiple of 1000)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
+    MODEL_ID = args.model_id  # every request body and every server this run starts
     if not args.model and not args.url:
         p.error("give --model (start a server) or --url (a running server)")
     if args.url and urllib.parse.urlsplit(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
@@ -354,8 +368,9 @@ def main() -> None:
         rows = []
         for c in concurrencies:
             row = {"server": label, **run_level(url, images, c, args.requests, args.cap_s)}
-            if server is not None:
-                row["server_peak_rss_mb"] = round(server.memory_mb()[1], 1)
+            pid = server.process.pid if server is not None else args.pid
+            if pid is not None:
+                row["server_rss_mb"], row["server_peak_rss_mb"] = (round(v, 1) for v in memory_mb(pid))
             text = metrics_text(url)
             gpu = metric(text, "rfpipe_gpu_memory_peak_bytes")
             if gpu is not None:
@@ -372,7 +387,10 @@ def main() -> None:
         return rows
 
     if args.url:
-        report["levels"] = measure(args.url, None, "url max_batch=?", levels)
+        report["levels"] = measure(args.url, None, f"url {args.url} model {args.model_id}", levels)
+        if args.check:
+            report["check"] = check_under_load(args.url)
+            print(json.dumps({"check": report["check"]}), flush=True)
     else:
         extra = args.server_arg
         with Server(args.model, args.device, args.max_batch, args.max_wait_ms, extra) as server:

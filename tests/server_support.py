@@ -57,29 +57,39 @@ class FakeDetector:
         self._w_logits = torch.randn(queries * n, 48, generator=g, dtype=torch.float64) * 0.7
         self._w_boxes = torch.randn(queries * 4, 48, generator=g, dtype=torch.float64)
         self.calls: list[int] = []  # batch size of each forward, for batching tests
-        self.fail_on_pixel: int | None = None  # forward raises if any image's first pixel equals this
+        # Test hooks in the forward pass (the backend's place): it raises `fail_with` when any image's
+        # first value (x1000, rounded) equals `fail_on_pixel`, and sleeps `delay_s` per batch.
+        self.fail_on_pixel: int | None = None
+        self.fail_with: type[BaseException] = RuntimeError
+        self.delay_s = 0.0
 
-    def preprocess(self, images, input_color_format="bgr", overrides=None, image_size=None, implementation="auto"):
+    def preprocess(self, images, input_color_format="bgr", overrides=None, image_size=None, implementation="auto",
+                   synchronize=True):
         return rfpipe.preprocess(images, self.config, device=self.device, input_color_format=input_color_format,
                                  image_size=image_size, overrides=overrides, implementation="reference")
 
     def forward(self, batch: torch.Tensor):
         self.calls.append(batch.shape[0])
+        if self.delay_s:
+            time.sleep(self.delay_s)
         if self.fail_on_pixel is not None:
             for image in batch:
                 if round(float(image[0, 0, 0]) * 1000) == self.fail_on_pixel:
-                    raise RuntimeError("injected forward failure")
-        pooled = torch.nn.functional.adaptive_avg_pool2d(batch.double(), (4, 4)).flatten(1)  # [B, 48]
-        # Elementwise products and a per-row sum: no batched GEMM, so a row never depends on its neighbours.
-        logits = (pooled[:, None, :] * self._w_logits[None]).sum(-1)
-        boxes = torch.sigmoid((pooled[:, None, :] * self._w_boxes[None]).sum(-1))
-        b = batch.shape[0]
-        return logits.reshape(b, self.queries, -1).float(), boxes.reshape(b, self.queries, 4).float()
+                    raise self.fail_with("injected forward failure")
+        # Each image on its own, by the same ops at the same shapes whatever the batch: no batched GEMM,
+        # and no elementwise kernel whose SIMD body / scalar tail split (last-ulp differences) moves
+        # with the batch size. So a row never depends on its neighbours or on how many there are.
+        logits, boxes = [], []
+        for image in batch:
+            pooled = torch.nn.functional.adaptive_avg_pool2d(image[None].double(), (4, 4)).flatten(1)  # [1, 48]
+            logits.append((pooled * self._w_logits).sum(-1).reshape(self.queries, -1).float())
+            boxes.append(torch.sigmoid((pooled * self._w_boxes).sum(-1)).reshape(self.queries, 4).float())
+        return torch.stack(logits), torch.stack(boxes)
 
     def postprocess(self, logits, boxes, metadata, confidence=0.4):
         results = []
-        scores = torch.sigmoid(logits)
-        for score, box, meta in zip(scores, boxes, metadata, strict=True):
+        for logit, box, meta in zip(logits, boxes, metadata, strict=True):
+            score = torch.sigmoid(logit.clone())  # per image (see forward)
             flat = score.flatten()
             values, index = flat.topk(self.queries)
             query, cls = index // score.shape[1], index % score.shape[1]
@@ -143,3 +153,35 @@ def live_server(app, ready_timeout_s: float = 60.0) -> Iterator[str]:
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+def serve_fake(argv: list[str] | None = None) -> None:
+    """`python tests/server_support.py --port P [--delay-ms D ...]`: a FakeDetector server in its own process.
+
+    For the tests that measure the server from outside (overload: its RSS, its capacity), so the
+    load generator and the server do not share an interpreter.
+    """
+    import argparse
+
+    from conftest import make_config
+
+    from rfpipe.server import ServerSettings, create_app
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--delay-ms", type=float, default=0.0, help="sleep per forward pass (a slower 'network')")
+    p.add_argument("--max-batch", type=int, default=4)
+    p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument("--queue-size", type=int, default=16)
+    p.add_argument("--request-timeout", type=float, default=2.0)
+    args = p.parse_args(argv)
+    detector = FakeDetector(make_config(size=(48, 40)))
+    detector.delay_s = args.delay_ms / 1000.0
+    settings = ServerSettings(model_id="pets/3", max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                              queue_size=args.queue_size, request_timeout_s=args.request_timeout)
+    uvicorn.run(create_app([detector], settings), host="127.0.0.1", port=args.port, log_level="warning",
+                timeout_graceful_shutdown=5)
+
+
+if __name__ == "__main__":
+    serve_fake()

@@ -404,3 +404,19 @@ def test_gpu_decode_needs_cuda_devices(detector):
         create_app([detector], ServerSettings(model_id=MODEL, gpu_decode=True))
     with pytest.raises(ValueError, match="gpu_decode is off"):
         ServerSettings(model_id=MODEL, gpu_decode_device="cuda:0")
+
+
+def test_answers_are_the_same_json_with_or_without_orjson(client, frames, monkeypatch):
+    pytest.importorskip("orjson", reason="orjson is not installed (the server extra installs it)")
+    from rfpipe.server import app as app_module
+
+    content = {"inference_id": "x", "time": 0.5, "image": {"width": 3, "height": 4}, "visualization": None,
+               "predictions": [{"x": 1.5, "y": 2.0, "width": 3.0, "height": 4.0, "confidence": 0.25, "class": "caf\u00e9",
+                                "class_id": np.int64(2), "detection_id": "d"}]}
+    fast = app_module.json_response(content)
+    monkeypatch.setattr(app_module, "orjson", None)
+    slow = app_module.json_response({**content, "predictions": [{**content["predictions"][0], "class_id": 2}]})
+    assert fast.headers["content-type"] == slow.headers["content-type"] == "application/json"
+    import json
+
+    assert json.loads(fast.body) == json.loads(slow.body)

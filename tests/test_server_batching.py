@@ -1,4 +1,4 @@
-"""Dynamic batching: one forward for concurrent images, per-image overrides and confidence, isolation, limits."""
+"""Batching through the engines: one forward for concurrent images, per-image overrides and confidence, isolation, limits."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from server_support import FakeDetector, live_server
 
 from rfpipe.geometry import Overrides
 from rfpipe.server import ServerSettings, create_app
-from rfpipe.server.batching import Batcher, Job, infer_batch
+from rfpipe.server.batching import Batcher, warmup_sizes
 from rfpipe.server.metrics import Metrics
 
 MODEL = "pets/3"
@@ -41,43 +41,82 @@ def _frames(n: int, seed: int = 0) -> list[np.ndarray]:
     return [random_image(rng, int(rng.integers(20, 90)), int(rng.integers(20, 90))) for _ in range(n)]
 
 
+async def _submit(batcher: Batcher, frames, confidences, overrides=None):
+    overrides = overrides or [Overrides()] * len(frames)
+    batcher.admit(len(frames))
+    futures = [batcher.submit(f, confidence=c, overrides=o) for f, o, c in zip(frames, overrides, confidences, strict=True)]
+    return await asyncio.gather(*futures, return_exceptions=True)
+
+
+def _started(detectors, **options) -> Batcher:
+    batcher = Batcher(detectors, metrics=Metrics(), **{"max_wait_ms": 500.0, "capacity": 64, **options})
+    batcher.start()
+    assert batcher.wait_warm(30)
+    for d in detectors:
+        d.calls.clear()
+    return batcher
+
+
 def test_mixed_overrides_and_confidences_share_one_forward(detector):
     frames = _frames(6)
     overrides = [Overrides(), Overrides(disable_grayscale=True), Overrides(), Overrides(disable_contrast=True),
                  Overrides(disable_grayscale=True), Overrides()]
     confidences = [0.1, 0.3, 0.5, 0.1, 0.2, 0.3]
-    detector.calls.clear()
-    results = infer_batch(detector, frames, overrides, confidences)
+    batcher = _started([detector], max_batch=6)
+    try:
+        results = asyncio.run(_submit(batcher, frames, confidences, overrides))
+    finally:
+        batcher.stop()
     assert detector.calls == [6]  # one forward pass for all six
     for frame, ov, conf, got in zip(frames, overrides, confidences, results, strict=True):
         (alone,) = detector([frame], confidence=conf, overrides=ov)
         assert as_json(got) == as_json(alone)
 
 
-async def _submit(batcher: Batcher, frames, confidences, overrides=None):
-    loop = asyncio.get_running_loop()
-    overrides = overrides or [Overrides()] * len(frames)
-    jobs = [Job(f, o, c, loop, loop.create_future())
-            for f, o, c in zip(frames, overrides, confidences, strict=True)]
-    batcher.admit(len(jobs))
-    batcher.submit(jobs)
-    return await asyncio.gather(*(j.future for j in jobs), return_exceptions=True)
-
-
 def test_batcher_fills_batches_up_to_max_batch(detector):
     frames = _frames(20, seed=1)
-    batcher = Batcher([detector], max_batch=8, max_wait_s=0.5, capacity=64, metrics=Metrics())
-    batcher.start()
-    assert batcher.wait_warm(30)
-    detector.calls.clear()
+    batcher = _started([detector], max_batch=8)
     try:
         results = asyncio.run(_submit(batcher, frames, [0.2] * 20))
     finally:
         batcher.stop()
     assert detector.calls == [8, 8, 4]
+    assert batcher.admitted == 0  # every image gave its room back
     for frame, got in zip(frames, results, strict=True):
         (alone,) = detector([frame], confidence=0.2)
         assert as_json(got) == as_json(alone)
+
+
+def test_fixed_policy_pads_every_batch_and_answers_do_not_change(detector):
+    frames = _frames(11, seed=5)
+    batcher = _started([detector], max_batch=4, batch_policy="fixed")
+    try:
+        results = asyncio.run(_submit(batcher, frames, [0.2] * 11))
+    finally:
+        batcher.stop()
+    assert detector.calls == [4, 4, 4]  # 4 + 4 + 3 images, the last batch padded
+    for frame, got in zip(frames, results, strict=True):
+        (alone,) = detector([frame], confidence=0.2)
+        assert as_json(got) == as_json(alone)
+
+
+def test_warm_up_runs_every_batch_size_the_engine_will_run():
+    assert warmup_sizes(object(), 16, "fixed") == [16]
+    assert warmup_sizes(object(), 16, "dynamic") == [1, 16]
+
+    class Bucketed:
+        buckets = (1, 2, 4, 8, 16, 32)
+
+    assert warmup_sizes(Bucketed(), 16, "dynamic") == [1, 2, 4, 8, 16]
+    detector = FakeDetector(make_config())
+    batcher = Batcher([detector], max_batch=4, max_wait_ms=200.0, capacity=8, metrics=Metrics(), batch_policy="dynamic")
+    assert not batcher.ready
+    batcher.start()
+    try:
+        assert batcher.wait_warm(30) and batcher.ready
+    finally:
+        batcher.stop()
+    assert sorted(set(detector.calls)) == [1, 4]
 
 
 def test_a_failing_image_does_not_fail_its_batch_neighbours():
@@ -86,11 +125,8 @@ def test_a_failing_image_does_not_fail_its_batch_neighbours():
     bad = np.full((30, 30, 3), 255, np.uint8)  # random_image frames start near 0, this one at 255
     batch, _ = detector.preprocess([bad])
     frames.insert(2, bad)
-    batcher = Batcher([detector], max_batch=8, max_wait_s=0.5, capacity=64, metrics=Metrics())
-    batcher.start()
-    assert batcher.wait_warm(30)
+    batcher = _started([detector], max_batch=8)
     detector.fail_on_pixel = round(float(batch[0, 0, 0, 0]) * 1000)
-    detector.calls.clear()
     try:
         results = asyncio.run(_submit(batcher, frames, [0.2] * 6))
     finally:
@@ -105,17 +141,16 @@ def test_a_failing_image_does_not_fail_its_batch_neighbours():
 
 
 class _GatedDetector(FakeDetector):
-    """Forward waits on a gate (after warm-up), so tests can hold the worker busy."""
+    """Forward waits on a gate once armed (after warm-up), so tests can hold the engine busy."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.gate = threading.Event()
-        self.warmed = False
+        self.armed = False
 
     def forward(self, batch):
-        if self.warmed:
+        if self.armed:
             self.gate.wait(30)
-        self.warmed = True
         return super().forward(batch)
 
 
@@ -130,16 +165,17 @@ def test_full_queue_answers_503_with_retry_after_and_recovers():
     settings = ServerSettings(model_id=MODEL, max_batch=1, max_wait_ms=0, queue_size=3, request_timeout_s=30)
     frame = _frames(1)[0]
     with live_server(create_app([detector], settings)) as url, ThreadPoolExecutor(8) as pool:
+        detector.armed = True
         busy = [pool.submit(_post, url, frame)]  # taken by the worker, which then blocks on the gate
         time.sleep(0.3)
-        busy += [pool.submit(_post, url, frame) for _ in range(3)]  # fill the queue
+        busy += [pool.submit(_post, url, frame) for _ in range(2)]  # 3 admitted: the one running and two queued
         time.sleep(0.3)
         refused = _post(url, frame)
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "1"
         assert refused.json()["error_type"] == "queue_full"
         detector.gate.set()
-        assert [f.result().status_code for f in busy] == [200] * 4
+        assert [f.result().status_code for f in busy] == [200] * 3
         assert _post(url, frame).status_code == 200
 
 
@@ -148,6 +184,7 @@ def test_request_timeout_answers_504_and_the_server_recovers():
     settings = ServerSettings(model_id=MODEL, max_batch=4, max_wait_ms=0, request_timeout_s=0.3)
     frame = _frames(1)[0]
     with live_server(create_app([detector], settings)) as url:
+        detector.armed = True
         slow = _post(url, frame)
         assert slow.status_code == 504 and slow.json()["error_type"] == "timeout"
         detector.gate.set()

@@ -5,9 +5,17 @@ from __future__ import annotations
 import pytest
 import uvicorn
 
-from rfpipe.server import cli
-from rfpipe.server.cli import build_parser, main, parse_devices, settings_from_args
-from rfpipe.server.processes import process_devices
+from rfpipe.devices import default_device
+from rfpipe.server import launch
+from rfpipe.server.cli import (
+    build_parser,
+    launch_from_args,
+    load_options,
+    main,
+    parse_devices,
+    settings_from_args,
+)
+from rfpipe.server.launch import Launch, process_devices, uvicorn_options
 
 
 def test_flags_become_settings():
@@ -56,7 +64,7 @@ def test_processes_below_one_are_refused(tmp_path, capsys):
 
 def test_one_process_serves_in_this_process(monkeypatch):
     served = []
-    monkeypatch.setattr(cli, "load_app", lambda args, devices, settings: ("app", devices))
+    monkeypatch.setattr(launch, "load_app", lambda launch, devices, settings: ("app", devices))
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append((app, options["port"])))
     assert main(["m", "--device", "cpu", "--port", "9100"]) == 0
     assert served == [(("app", ["cpu"]), 9100)]
@@ -67,3 +75,31 @@ def test_processes_split_the_devices_or_share_them():
     assert process_devices(["cuda:0", "cuda:1", "cuda:2", "cuda:3"], 2) == [["cuda:0", "cuda:2"], ["cuda:1", "cuda:3"]]
     assert process_devices(["cuda:0"], 2) == [["cuda:0"], ["cuda:0"]]  # two processes on one GPU
     assert process_devices(["cuda:0", "cuda:1"], 3) == [["cuda:0"], ["cuda:1"], ["cuda:0"]]
+
+
+def test_device_defaults_like_the_other_commands(monkeypatch):
+    served = []
+    monkeypatch.setattr(launch, "load_app", lambda launch, devices, settings: ("app", devices))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append(app))
+    assert main(["m"]) == 0
+    assert served == [("app", [default_device()])]
+
+
+def test_engine_flags_reach_the_settings_and_the_loader():
+    args = build_parser().parse_args(["m", "--batch-policy", "fixed", "--max-batch", "64", "--compile", "cudagraphs",
+                                      "--dtype", "bfloat16", "--drain-timeout", "5", "--body-timeout", "2"])
+    s = settings_from_args(args)
+    assert (s.batch_policy, s.max_batch, s.body_timeout_s) == ("fixed", 64, 2.0)
+    assert load_options(args) == {"dtype": "bfloat16", "compile": "cudagraphs", "max_batch": 64}
+    assert load_options(build_parser().parse_args(["m"])) == {}  # nothing the loader did not ask for
+    started = launch_from_args(args, ["cpu"])
+    assert started.drain_timeout_s == 5.0 and started.load_options["compile"] == "cudagraphs"
+    options = uvicorn_options(started)
+    assert options["timeout_graceful_shutdown"] == 5.0 and options["limit_concurrency"] == 1024
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["m", "--batch-policy", "sometimes"])
+
+
+def test_launch_refuses_bad_process_counts():
+    with pytest.raises(ValueError, match="--workers-per-device"):
+        Launch("m", workers_per_device=0)

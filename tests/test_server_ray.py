@@ -90,5 +90,9 @@ def test_ray_serve_refuses_bad_requests_with_4xx(deployment):
                       json={"model_id": "other/1", "image": {"type": "base64", "value": "AAAA"}})
     assert r.status_code == 404
     r = requests.post(f"{url}/infer/object_detection", timeout=30, data=b"{broken")
-    assert r.status_code == 422
+    assert r.status_code == 400 and r.json()["error_type"] == "invalid_json"  # as on rfpipe serve
+    r = _post(url, [np.zeros((20, 20, 3), np.uint8)] * 17)  # one over the default --max-images
+    assert r.status_code == 413 and r.json()["error_type"] == "too_many_images"  # as on rfpipe serve
+    r = requests.post(f"{url}/infer/object_detection", timeout=30, json={"model_id": MODEL, "image": []})
+    assert r.status_code == 400 and r.json()["error_type"] == "no_images"
     assert _post(url, [np.zeros((20, 20, 3), np.uint8)]).status_code == 200

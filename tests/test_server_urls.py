@@ -17,7 +17,7 @@ from server_support import FakeDetector
 
 from rfpipe.server import ServerSettings, create_app
 from rfpipe.server.errors import ApiError
-from rfpipe.server.images import fetch_url, is_public_address
+from rfpipe.server.payloads import fetch_url, is_public_address
 
 MODEL = "pets/3"
 PNG = cv2.imencode(".png", np.full((20, 30, 3), 90, np.uint8))[1].tobytes()
@@ -88,7 +88,7 @@ def test_url_is_refused_when_the_operator_did_not_allow_it():
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         if self.path == "/redirect":
             self.send_response(302)
             self.send_header("Location", "http://127.0.0.1:1/elsewhere")

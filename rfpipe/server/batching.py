@@ -1,12 +1,12 @@
-"""Dynamic batching: images from concurrent requests meet in one bounded queue and leave in batches.
+"""The server's batching: admission before decoding, then one `rfpipe.engine.Engine` per detector.
 
-One worker thread per detector (one detector per device, or several with --workers-per-device)
-takes up to `max_batch` images, waiting at most `max_wait` after the oldest one arrived, and runs
-preprocess -> forward -> postprocess on them as one batch. Requests may differ in overrides and
-confidence: images are preprocessed per overrides group and concatenated into one forward pass,
-then post-processed per confidence group. Every image carries its own future, so a result can
-only reach the request that sent the image. A batch that fails is retried image by image, so one
-bad image cannot fail its neighbours.
+Images are admitted (counted against `capacity`) before they are decoded, so a flood is refused
+with 503 before any work is done and the admitted count bounds the memory held by decoded frames.
+Decoded frames go to the engine with the fewest pending images (one engine per detector: one per
+device, or several with --workers-per-device); the engine batches them (`batch_policy` "dynamic"
+or "fixed", see `rfpipe.engine`), retries a failing batch image by image, and answers every image
+on its own future. An image's admission is given back when its future is done, or at once when
+the request gives up on it before it ran (timeout, client gone).
 """
 
 from __future__ import annotations
@@ -15,233 +15,182 @@ import asyncio
 import logging
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
 import torch
 
+from rfpipe.engine import Engine
 from rfpipe.geometry import Overrides
 from rfpipe.server.metrics import Metrics
 
 logger = logging.getLogger("rfpipe.server")
 
 
-@dataclass(eq=False)
-class Job:
-    """One image of one request, waiting for its detections."""
-
-    frame: np.ndarray
-    overrides: Overrides
-    confidence: float
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future
-    enqueued: float = field(default_factory=time.monotonic)
-    abandoned: bool = False  # set by the request when it timed out: skip if not started
-
-
 class QueueFull(Exception):
-    """More images than the queue admits."""
+    """More images than the server admits."""
 
 
-def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
-    if future.done():  # the request gave up (timeout, disconnect)
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+class _Timed:
+    """The engine's view of a detector: the same calls, timed into the server's metrics once `live` (after warm-up)."""
+
+    def __init__(self, detector: Any, metrics: Metrics):
+        self._detector = detector
+        self._metrics = metrics
+        device = str(getattr(detector, "device", "cpu"))
+        self._images = metrics.images.labels(device)
+        self._gpu = device if device.startswith("cuda") else None
+        self.live = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._detector, name)
+
+    def preprocess(self, images: Any, **options: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return self._detector.preprocess(images, **options)
+        finally:
+            if self.live:
+                self._metrics.stage.labels("preprocess").observe(time.perf_counter() - started)
+
+    def forward(self, batch: torch.Tensor) -> Any:
+        started = time.perf_counter()
+        try:
+            return self._detector.forward(batch)
+        finally:
+            if self.live:
+                self._metrics.stage.labels("forward").observe(time.perf_counter() - started)
+                self._metrics.batch_size.observe(batch.shape[0])
+
+    def postprocess(self, logits: torch.Tensor, boxes: torch.Tensor, metadata: Sequence[Any], **options: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return self._detector.postprocess(logits, boxes, metadata, **options)
+        finally:
+            if self.live:
+                self._metrics.stage.labels("postprocess").observe(time.perf_counter() - started)
+                self._images.inc(len(metadata))
+                if self._gpu is not None:
+                    self._metrics.gpu_peak.labels(self._gpu).set(torch.cuda.max_memory_allocated(self._gpu))
 
 
-def _deliver(job: Job, result: Any = None, error: BaseException | None = None) -> None:
-    try:
-        job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
-    except RuntimeError:  # event loop closed: the server is shutting down
-        pass
+def warmup_sizes(detector: Any, max_batch: int, batch_policy: str) -> list[int]:
+    """The batch sizes a warm-up runs: the detector's compiled buckets when it has them, else what the policy runs.
 
-
-def _groups(keys: list[Any]) -> dict[Any, list[int]]:
-    """Positions of each distinct key, in order of first appearance."""
-    groups: dict[Any, list[int]] = {}
-    for position, key in enumerate(keys):
-        groups.setdefault(key, []).append(position)
-    return groups
-
-
-def infer_batch(detector: Any, frames: list[np.ndarray], overrides: list[Overrides], confidences: list[float],
-                metrics: Metrics | None = None) -> list[Any]:
-    """Detections for each frame, run as one forward pass; frame i gets its own overrides and confidence.
-
-    >>> infer_batch(detector, [a, b], [Overrides(), Overrides(disable_contrast=True)], [0.4, 0.5])  # doctest: +SKIP
-    [Detections(...), Detections(...)]
+    >>> warmup_sizes(object(), 8, "fixed"), warmup_sizes(object(), 8, "dynamic")
+    ([8], [1, 8])
     """
-    started = time.perf_counter()
-    order: list[int] = []
-    parts, metadata = [], []
-    for key, positions in _groups(overrides).items():
-        batch, meta = detector.preprocess([frames[i] for i in positions], overrides=key)
-        parts.append(batch)
-        metadata.extend(meta)
-        order.extend(positions)
-    batch = parts[0] if len(parts) == 1 else torch.cat(parts)
-    preprocessed = time.perf_counter()
-    logits, boxes = detector.forward(batch)
-    if batch.device.type == "cuda":  # so the forward time below is the GPU's, not the launch's
-        torch.cuda.current_stream(batch.device).synchronize()
-    forwarded = time.perf_counter()
-    results: list[Any] = [None] * len(frames)
-    for confidence, positions in _groups([confidences[i] for i in order]).items():
-        if len(positions) == len(order):
-            detections = detector.postprocess(logits, boxes, metadata, confidence=confidence)
-        else:
-            index = torch.tensor(positions, device=logits.device)
-            detections = detector.postprocess(logits.index_select(0, index), boxes.index_select(0, index),
-                                              [metadata[p] for p in positions], confidence=confidence)
-        for position, detection in zip(positions, detections, strict=True):
-            results[order[position]] = detection
-    if metrics is not None:
-        metrics.stage.labels("preprocess").observe(preprocessed - started)
-        metrics.stage.labels("forward").observe(forwarded - preprocessed)
-        metrics.stage.labels("postprocess").observe(time.perf_counter() - forwarded)
-        metrics.batch_size.observe(len(frames))
-    return results
+    buckets = getattr(detector, "buckets", None)
+    if buckets:
+        return sorted({min(int(b), max_batch) for b in buckets})
+    return [max_batch] if batch_policy == "fixed" else sorted({1, max_batch})
 
 
 class Batcher:
-    """Admits images up to `capacity`, runs them through the detectors in batches, one thread per detector.
+    """Admits images up to `capacity` and runs them through one engine per detector.
 
-    >>> batcher = Batcher([detector], max_batch=8, max_wait_s=0.005, capacity=256, metrics=Metrics())  # doctest: +SKIP
-    >>> batcher.start(); batcher.admit(1); batcher.submit([job]); await job.future  # doctest: +SKIP
+    >>> batcher = Batcher([detector], max_batch=8, max_wait_ms=5.0, capacity=256, metrics=Metrics())  # doctest: +SKIP
+    >>> batcher.start(); batcher.wait_warm(600); batcher.admit(1)  # doctest: +SKIP
+    >>> detections = await batcher.submit(frame, confidence=0.5)  # doctest: +SKIP
     """
 
-    def __init__(self, detectors: list[Any], max_batch: int, max_wait_s: float, capacity: int, metrics: Metrics):
+    def __init__(self, detectors: list[Any], *, max_batch: int, max_wait_ms: float, capacity: int,
+                 metrics: Metrics, batch_policy: str = "dynamic"):
         if not detectors:
             raise ValueError("a Batcher needs at least one detector")
         self._detectors = detectors
-        self._max_batch = max_batch
-        self._max_wait = max_wait_s
+        self.max_batch = max_batch
+        self.batch_policy = batch_policy
         self._capacity = capacity
         self._metrics = metrics
-        self._queue: deque[Job] = deque()
-        self._admitted = 0  # images admitted and not yet taken by a worker (decoding or queued)
-        self._cond = threading.Condition()
-        self._stopping = False
+        self._timed = [_Timed(d, metrics) for d in detectors]
+        self._engines = [Engine(timed, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                                queue_size=max(capacity, max_batch), batch_policy=batch_policy)
+                         for timed in self._timed]
+        self._admitted = 0  # images admitted and not yet answered (decoding, queued or running)
+        self._lock = threading.Lock()
+        self._warm = [False] * len(detectors)
+        self._settled = threading.Semaphore(0)  # one release per engine when its warm-up ends, either way
         self._threads: list[threading.Thread] = []
-        self._warm: list[bool] = [False] * len(detectors)
-        self._settled = threading.Semaphore(0)  # one release per worker when its warm-up ends, either way
-        self.failure: str | None = None  # why a worker could not start, for /readyz
+        self.failure: str | None = None  # why an engine could not start, for /readyz
+        self.warmup_s: float | None = None  # how long the slowest warm-up took
 
     @property
     def ready(self) -> bool:
-        return bool(self._threads) and all(self._warm) and all(t.is_alive() for t in self._threads)
+        return bool(self._threads) and all(self._warm) and all(e.alive for e in self._engines)
 
     @property
-    def queued(self) -> int:
-        return len(self._queue)
+    def admitted(self) -> int:
+        return self._admitted
 
     def start(self) -> None:
-        for index, detector in enumerate(self._detectors):
-            thread = threading.Thread(target=self._work, args=(index, detector), name=f"rfpipe-worker-{index}", daemon=True)
+        """Warm every engine up on its own thread: every batch size it will run, once (compiles them)."""
+        started = time.perf_counter()
+        for index, (engine, detector) in enumerate(zip(self._engines, self._detectors, strict=True)):
+            thread = threading.Thread(target=self._warm_up, args=(index, engine, detector, started),
+                                      name=f"rfpipe-warmup-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
+    def _warm_up(self, index: int, engine: Engine, detector: Any, started: float) -> None:
+        device = str(getattr(detector, "device", "cpu"))
+        frame = np.zeros((64, 64, 3), np.uint8)
+        try:
+            for size in warmup_sizes(detector, self.max_batch, self.batch_policy):
+                for future in [engine.submit(frame, confidence=0.5) for _ in range(size)]:
+                    future.result()
+        except Exception as error:
+            self.failure = f"worker {index} ({device}) failed its warm-up batch: {error!r}"
+            logger.exception("worker %d (%s) failed its warm-up batch; it will not serve", index, device)
+        else:
+            self._timed[index].live = True
+            self._warm[index] = True
+            elapsed = time.perf_counter() - started
+            self.warmup_s = max(self.warmup_s or 0.0, elapsed)
+        self._settled.release()
+
     def wait_warm(self, timeout_s: float) -> bool:
-        """Block until every worker finished its warm-up batch (or `timeout_s` passed); True when ready."""
+        """Block until every engine finished its warm-up (or `timeout_s` passed); True when ready."""
         deadline = time.monotonic() + timeout_s
         for _ in self._threads:
             if not self._settled.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 return False
         return self.ready
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        for thread in self._threads:
-            thread.join(timeout_s)
+    def stop(self, timeout_s: float | None = 10.0) -> None:
+        """Finish what was admitted (up to `timeout_s` in all), then stop the engines."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for engine in self._engines:
+            engine.close(drain=True, timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def admit(self, count: int) -> None:
         """Reserve room for `count` images (before decoding them); QueueFull when there is none."""
-        with self._cond:
+        with self._lock:
             if self._admitted + count > self._capacity:
                 raise QueueFull(f"the queue holds {self._admitted} of {self._capacity} images")
             self._admitted += count
+            self._metrics.queue_depth.set(self._admitted)
 
-    def withdraw(self, count: int) -> None:
-        """Give back room admitted for images that will not be submitted."""
-        with self._cond:
+    def withdraw(self, count: int = 1) -> None:
+        """Give back room admitted for images that will not run (or have finished)."""
+        with self._lock:
             self._admitted -= count
+            self._metrics.queue_depth.set(self._admitted)
 
-    def submit(self, jobs: list[Job]) -> None:
-        """Queue admitted jobs; their futures get Detections or the exception that stopped them."""
-        with self._cond:
-            self._queue.extend(jobs)
-            self._metrics.queue_depth.set(len(self._queue))
-            self._cond.notify_all()
+    def submit(self, frame: Any, *, confidence: float, overrides: Overrides) -> asyncio.Future:
+        """Hand one admitted, decoded frame to the least busy engine; await the result for its Detections.
 
-    def _take(self) -> list[Job] | None:
-        with self._cond:
-            while True:
-                while not self._queue and not self._stopping:
-                    self._cond.wait()
-                if self._stopping:
-                    jobs = list(self._queue)
-                    self._queue.clear()
-                    self._admitted -= len(jobs)
-                    for job in jobs:
-                        _deliver(job, error=RuntimeError("the server is shutting down"))
-                    return None
-                deadline = self._queue[0].enqueued + self._max_wait
-                while self._queue and len(self._queue) < self._max_batch and not self._stopping:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
-                if self._stopping:
-                    continue
-                jobs = []
-                while self._queue and len(jobs) < self._max_batch:
-                    job = self._queue.popleft()
-                    self._admitted -= 1
-                    if not job.abandoned:
-                        jobs.append(job)
-                self._metrics.queue_depth.set(len(self._queue))
-                if jobs:
-                    return jobs
+        Cancelling the result before the image ran takes it out of the engine and gives its room back.
+        """
+        engine = min(self._engines, key=lambda e: e.pending)
+        queued = time.perf_counter()
+        future: Future = engine.submit(frame, confidence=confidence, overrides=overrides, block=False)
 
-    def _work(self, index: int, detector: Any) -> None:
-        device = str(getattr(detector, "device", "cpu"))
-        with torch.inference_mode():
-            try:  # a first batch loads kernels and allocators, so the first request is not the slow one
-                infer_batch(detector, [np.zeros((64, 64, 3), np.uint8)], [Overrides()], [0.5])
-            except Exception as error:
-                self.failure = f"worker {index} ({device}) failed its warm-up batch: {error!r}"
-                logger.exception("worker %d (%s) failed its warm-up batch; it will not serve", index, device)
-                self._settled.release()
-                return
-            self._warm[index] = True
-            self._settled.release()
-            while (jobs := self._take()) is not None:
-                self._run(detector, device, jobs)
+        def finished(_: Future) -> None:
+            self._metrics.stage.labels("queue").observe(time.perf_counter() - queued)
+            self.withdraw()
 
-    def _run(self, detector: Any, device: str, jobs: list[Job]) -> None:
-        now = time.monotonic()
-        for job in jobs:
-            self._metrics.stage.labels("queue").observe(now - job.enqueued)
-        try:
-            results = infer_batch(detector, [j.frame for j in jobs], [j.overrides for j in jobs],
-                                  [j.confidence for j in jobs], self._metrics)
-        except Exception as error:
-            if len(jobs) > 1:  # find the image that fails; the others still get their answers
-                logger.warning("a batch of %d failed (%r); retrying its images one by one", len(jobs), error)
-                for job in jobs:
-                    self._run(detector, device, [job])
-                return
-            _deliver(jobs[0], error=error)
-            return
-        self._metrics.images.labels(device).inc(len(jobs))
-        if device.startswith("cuda"):
-            self._metrics.gpu_peak.labels(device).set(torch.cuda.max_memory_allocated(device))
-        for job, result in zip(jobs, results, strict=True):
-            _deliver(job, result)
+        future.add_done_callback(finished)
+        return asyncio.wrap_future(future)

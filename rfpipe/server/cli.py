@@ -1,22 +1,23 @@
-"""`rfpipe serve MODEL ...`: load one detector per worker and serve them with uvicorn.
+"""`rfpipe serve MODEL ...`: flags -> a `Launch` and `ServerSettings`, then `rfpipe.server.launch.serve`.
 
-`rfpipe.tools.cli` forwards the arguments after `serve` to `main(argv)`. With `--processes N` (N > 1)
-rfpipe.server.processes runs N such servers on one listening socket.
+`rfpipe.tools.cli` forwards the arguments after `serve` to `main(argv)`.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from rfpipe.devices import default_device
+from rfpipe.engine import BATCH_POLICIES
 from rfpipe.io.decode import DEFAULT_MAX_PIXELS
+from rfpipe.server.launch import LOG_FORMAT, Launch, serve
 from rfpipe.server.settings import ServerSettings, decode_device
 
-logger = logging.getLogger("rfpipe.server")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+COMPILE_MODES = ("none", "cudagraphs", "auto")
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,17 +27,30 @@ def build_parser() -> argparse.ArgumentParser:
                                       "the legacy route needs the 'project/version' form")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 exposes it)")
     p.add_argument("--port", type=int, default=9001)
-    p.add_argument("--device", default="cpu", help="'cpu', 'cuda', or a comma list such as 'cuda:0,cuda:1' (one worker per device)")
-    p.add_argument("--backend", default="auto")
+    p.add_argument("--device", default=None,
+                   help="'cpu', 'cuda', or a comma list such as 'cuda:0,cuda:1' (one engine per device; "
+                        "default: cuda when available, else cpu)")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnx", "tensorrt", "torch"])
+    p.add_argument("--dtype", choices=DTYPES, help="network precision (torch backend, and the engine's compiled forward)")
+    p.add_argument("--compile", choices=COMPILE_MODES,
+                   help="the engine's compiled forward: one per batch size bucket, compiled and run before "
+                        "/readyz answers 200 (default: the detector's own default)")
     p.add_argument("--workers-per-device", type=int, default=1, help="detectors (and worker threads) per device")
     p.add_argument("--processes", type=int, default=1,
                    help="server processes sharing the port (default 1: this process serves); each serves "
                         "devices[i::N], or one device each when N exceeds the devices; limits such as "
                         "--queue-size apply per process")
-    p.add_argument("--max-batch", type=int, default=8, help="images per forward pass")
+    p.add_argument("--max-batch", type=int, default=8, help="images per forward pass (the largest bucket)")
+    p.add_argument("--batch-policy", choices=BATCH_POLICIES, default="dynamic",
+                   help="dynamic: batches run at the size that arrived; fixed: every batch is padded to "
+                        "--max-batch, so an answer does not depend on what else arrived (docs/serving.md)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
     p.add_argument("--queue-size", type=int, default=256, help="images admitted before answering 503")
     p.add_argument("--request-timeout", type=float, default=30.0, help="seconds from admission to result before 504")
+    p.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds to receive a request body before 408 (a client dripping its body is cut off)")
+    p.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="on SIGTERM/SIGINT: seconds in-flight requests may take to finish before the server exits")
     p.add_argument("--max-body-mb", type=float, default=32.0, help="request body limit in MiB")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="pixels per image, checked before decoding")
     p.add_argument("--max-images", type=int, default=16, help="images per request")
@@ -64,11 +78,35 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     extra = {"decode_threads": args.decode_threads} if args.decode_threads else {}
     return ServerSettings(
         model_id=args.model_id or Path(args.model).resolve().name,
-        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
-        request_timeout_s=args.request_timeout, max_body_bytes=int(args.max_body_mb * (1 << 20)),
-        max_pixels=args.max_pixels, max_images=args.max_images, allow_url_input=args.allow_url_input,
-        gpu_decode=args.gpu_decode, **extra,
+        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, batch_policy=args.batch_policy,
+        queue_size=args.queue_size, request_timeout_s=args.request_timeout, body_timeout_s=args.body_timeout,
+        max_body_bytes=int(args.max_body_mb * (1 << 20)), max_pixels=args.max_pixels, max_images=args.max_images,
+        allow_url_input=args.allow_url_input, gpu_decode=args.gpu_decode, **extra,
     )
+
+
+def load_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What `Detector.load` gets beside the device and backend: only the options given on the command line.
+
+    `--compile` also passes `max_batch` (the largest bucket the engine compiles).
+
+    >>> load_options(build_parser().parse_args(["m", "--compile", "auto", "--max-batch", "32"]))
+    {'compile': 'auto', 'max_batch': 32}
+    """
+    options: dict[str, Any] = {}
+    if args.dtype:
+        options["dtype"] = args.dtype
+    if args.compile:
+        options["compile"] = args.compile
+        options["max_batch"] = args.max_batch
+    return options
+
+
+def launch_from_args(args: argparse.Namespace, devices: list[str]) -> Launch:
+    return Launch(model=args.model, devices=tuple(devices), backend=args.backend,
+                  workers_per_device=args.workers_per_device, processes=args.processes, host=args.host,
+                  port=args.port, log_level=args.log_level, max_connections=args.max_connections,
+                  drain_timeout_s=args.drain_timeout, load_options=load_options(args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,44 +114,14 @@ def main(argv: list[str] | None = None) -> int:
 
     >>> main(["path/to/package", "--device", "cuda:0,cuda:1", "--max-batch", "16"])  # doctest: +SKIP
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     try:
-        devices = parse_devices(args.device)
+        devices = parse_devices(args.device or default_device())
         settings = settings_from_args(args)
         decode_device(settings, devices)  # refuses --gpu-decode without CUDA before any model loads
+        launch = launch_from_args(args, devices)
     except ValueError as error:
-        build_parser().error(str(error))
-    if args.workers_per_device < 1:
-        build_parser().error("--workers-per-device must be at least 1")
-    if args.processes < 1:
-        build_parser().error("--processes must be at least 1")
-    if args.processes > 1:
-        from rfpipe.server.processes import serve_processes
-
-        return serve_processes(args, devices, settings)
-
-    import uvicorn
-
-    app = load_app(args, devices, settings)
-    uvicorn.run(app, host=args.host, port=args.port, **uvicorn_options(args))
-    return 0
-
-
-def load_app(args: argparse.Namespace, devices: list[str], settings: ServerSettings) -> Any:
-    """The app serving `args.model` with `args.workers_per_device` detectors on each of `devices`."""
-    from rfpipe import Detector
-    from rfpipe.server.app import create_app
-
-    detectors = []
-    for device in devices:
-        for _ in range(args.workers_per_device):
-            detectors.append(Detector.load(args.model, device=device, backend=args.backend))
-    logger.info("serving %r as %r on %s (%d worker(s), backend %s, pid %d)", args.model, settings.model_id,
-                ",".join(devices), len(detectors), detectors[0].backend_name, os.getpid())
-    return create_app(detectors, settings)
-
-
-def uvicorn_options(args: argparse.Namespace) -> dict[str, Any]:
-    """uvicorn.Config's arguments other than the app and where to listen: the same in every server process."""
-    return {"log_level": args.log_level, "limit_concurrency": args.max_connections, "timeout_keep_alive": 30}
+        parser.error(str(error))
+    return serve(launch, settings)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from rfpipe.io.decode import (
     CorruptImageError,
     DecodeError,
@@ -37,3 +40,15 @@ def from_decode_error(error: DecodeError, where: str) -> ApiError:
     """The HTTP answer for an image that cannot be decoded; `where` names the image in the request."""
     status, kind = _DECODE_STATUS.get(type(error), (400, "invalid_image"))
     return ApiError(status, kind, f"{where}: {error}")
+
+
+def from_validation_errors(errors: Iterable[dict[str, Any]]) -> ApiError:
+    """The answer for a body pydantic refused: 400 `invalid_json`, or 422 `invalid_parameters` naming the fields."""
+    problems = []
+    for item in errors:
+        if item.get("type") == "json_invalid":
+            return ApiError(400, "invalid_json",
+                            f"the body is not valid JSON: {item.get('ctx', {}).get('error', 'parse error')}")
+        location = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+        problems.append(f"{location or 'body'}: {item.get('msg')}")
+    return ApiError(422, "invalid_parameters", "invalid request: " + "; ".join(problems[:10]))

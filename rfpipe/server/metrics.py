@@ -24,8 +24,6 @@ from prometheus_client import (
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
 
-STAGES = ("decode", "queue", "preprocess", "forward", "postprocess")
-
 
 class Metrics:
     """The server's counters, histograms and gauges, in their own registry.
@@ -42,11 +40,12 @@ class Metrics:
         self.latency = Histogram("rfpipe_http_request_duration_seconds", "Time to answer a request", ["route"],
                                  buckets=_LATENCY_BUCKETS, registry=r)
         self.stage = Histogram("rfpipe_stage_duration_seconds",
-                               "Time per stage: decode and queue per image; preprocess, forward, postprocess per batch",
+                               "Time per stage: decode per image; queue per image from the engine's queue to its answer; "
+                               "preprocess, forward, postprocess per call of the engine",
                                ["stage"], buckets=_LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("rfpipe_batch_size", "Images per forward pass", buckets=_BATCH_BUCKETS, registry=r)
         # multiprocess_mode: how several processes' values combine (ignored in a single process).
-        self.queue_depth = Gauge("rfpipe_queue_depth", "Images admitted and not yet taken into a batch",
+        self.queue_depth = Gauge("rfpipe_queue_depth", "Images admitted and not yet answered",
                                  multiprocess_mode="livesum", registry=r)
         self.decodes = Counter("rfpipe_decodes", "Images decoded, by decoder (opencv: the exact CPU decode; "
                                "torchvision: --gpu-decode on the GPU) and format", ["decoder", "format"], registry=r)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from rfpipe.engine import BATCH_POLICIES
 from rfpipe.io.decode import DEFAULT_MAX_PIXELS
 
 
@@ -19,6 +20,9 @@ class ServerSettings:
     model_id: str
     max_batch: int = 8  # images per forward pass
     max_wait_ms: float = 5.0  # how long the first image of a batch waits for company
+    # "dynamic": batches run at the size that arrived; "fixed": padded to max_batch, so an image's
+    # answer does not depend on what else arrived (rfpipe.engine).
+    batch_policy: str = "dynamic"
     queue_size: int = 256  # images admitted (decoding or queued) before 503
     request_timeout_s: float = 30.0  # admission to result; then 504
     max_body_bytes: int = 32 << 20
@@ -26,6 +30,7 @@ class ServerSettings:
     max_images: int = 16  # per request
     allow_url_input: bool = False  # fetch `url` images (public addresses only)
     url_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0  # to receive a whole request body (a client dripping it is cut off: 408)
     decode_threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
     retry_after_s: int = 1  # Retry-After on 503
     # JPEG decoded by torchvision on a GPU (nvJPEG), not by OpenCV: NOT bit-identical (docs/serving.md).
@@ -36,7 +41,9 @@ class ServerSettings:
         for name in ("max_batch", "queue_size", "max_body_bytes", "max_pixels", "max_images", "decode_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_wait_ms", "request_timeout_s", "url_timeout_s"):
+        if self.batch_policy not in BATCH_POLICIES:
+            raise ValueError(f"batch_policy must be one of {', '.join(BATCH_POLICIES)}, got {self.batch_policy!r}")
+        for name in ("max_wait_ms", "request_timeout_s", "url_timeout_s", "body_timeout_s"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
         if self.gpu_decode_device is not None and not self.gpu_decode:
