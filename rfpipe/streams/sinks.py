@@ -1,7 +1,7 @@
 """Where stream results go: JSON lines, an annotated video per source, a Python callback.
 
-A sink is any object with `write(result)` and `close()`. The runner feeds each sink through its own
-bounded queue and thread (`SinkWorker`), so a slow sink never holds up inference: when its queue is
+A sink is any object with `write(result)` and `close()` (and optionally `queue_size`). The runner
+feeds each sink through its own bounded queue and thread (`SinkWorker`), so a slow sink never holds up inference: when its queue is
 full the result is dropped for that sink and counted (`SinkWorker.dropped`). `close()` runs after the
 last result, on the sink's thread: it flushes files.
 
@@ -132,29 +132,28 @@ class AnnotatedVideo:
         self.folder = Path(folder)
         self.fps = fps
         self.codec = codec
-        self._writers: dict[int, Any] = {}
+        self._writers: dict[int, tuple[Any, tuple[int, int]]] = {}  # stream -> (writer, its frame size)
 
     def write(self, result: FrameResult) -> None:
         import cv2
 
-        writer = self._writers.get(result.stream)
         height, width = result.image.shape[:2]
-        if writer is None:
+        if result.stream not in self._writers:
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / f"{file_stem(result.source, result.stream)}.mp4"
             fps = self.fps or result.source_fps or 25.0
             writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*self.codec), fps, (width, height))
             if not writer.isOpened():
                 raise OSError(f"{path}: cannot write a video here (codec {self.codec})")
-            writer.size = (width, height)
-            self._writers[result.stream] = writer
+            self._writers[result.stream] = (writer, (width, height))
+        writer, size = self._writers[result.stream]
         image = annotate(result.image, result.detections)
-        if (width, height) != writer.size:
-            image = cv2.resize(image, writer.size)
+        if (width, height) != size:
+            image = cv2.resize(image, size)
         writer.write(image)
 
     def close(self) -> None:
-        for writer in self._writers.values():
+        for writer, _ in self._writers.values():
             writer.release()
         self._writers.clear()
 
@@ -162,11 +161,15 @@ class AnnotatedVideo:
 class Callback:
     """Calls `function(result)` for each frame, on the sink's own thread.
 
+    `queue_size` bounds the results waiting for a slow function (default: `run`'s `sink_queue`);
+    results that find it full are dropped for this sink and counted.
+
     >>> sink = Callback(lambda r: print(r.source, r.frame, len(r.detections)))  # doctest: +SKIP
     """
 
-    def __init__(self, function: Callable[[FrameResult], Any]):
+    def __init__(self, function: Callable[[FrameResult], Any], *, queue_size: int | None = None):
         self.function = function
+        self.queue_size = queue_size
 
     def write(self, result: FrameResult) -> None:
         self.function(result)
@@ -183,7 +186,7 @@ class SinkWorker:
         self.name = type(sink).__name__
         self.dropped = 0  # results this sink never saw because its queue was full
         self.errors = 0  # results whose write raised
-        self._queue: queue.Queue = queue.Queue(queue_size)
+        self._queue: queue.Queue = queue.Queue(getattr(sink, "queue_size", None) or queue_size)
         self._thread = threading.Thread(target=self._run, name=f"rfpipe-stream-sink-{index}")
         self._thread.start()
 
