@@ -216,7 +216,9 @@ def test_a_live_mjpeg_camera_drops_stale_frames_and_reconnects_after_a_restart(d
     assert all(r.position is None and r.source == camera.url for r in results)
 
 
-def test_a_slow_sink_drops_results_on_its_full_queue_while_the_others_get_every_frame(detector, photos, tmp_path):
+def test_a_slow_sink_drops_results_on_its_full_queue_while_jsonl_and_the_live_view_get_every_frame(
+        detector, photos, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # one line per row in the captured view
     video = _write_video(tmp_path / "v.avi", _scenes(photos, 3, (64, 48)))
     slow_seen = []
 
@@ -227,10 +229,15 @@ def test_a_slow_sink_drops_results_on_its_full_queue_while_the_others_get_every_
     out = tmp_path / "out.jsonl"
     # one batch of three frames arrives at once: the slow sink takes one, queues one, drops the third
     summary = streams.run([str(video)], detector, confidence=CONFIDENCE, max_batch=4, max_wait_ms=1000,
-                          sink=[streams.Callback(slow, queue_size=1), streams.JsonLines(out)])
+                          sink=[streams.Callback(slow, queue_size=1), streams.JsonLines(out),
+                                streams.TerminalView(refresh_s=0.2)])
     assert len(out.read_text().splitlines()) == 3
     assert summary.sink_dropped["0-Callback"] == 3 - len(slow_seen) >= 1
-    assert summary.sink_dropped["1-JsonLines"] == 0
+    assert summary.sink_dropped["1-JsonLines"] == summary.sink_dropped["2-TerminalView"] == 0
+    view = capsys.readouterr().err
+    final = view[view.rindex("rfpipe stream ·"):]  # the last table drawn, at the end of the run
+    assert str(video) in final and "ended" in final and "64x48" in final
+    assert "sink queues full, results dropped: 0-Callback" in final
 
 
 def test_ctrl_c_stops_rfpipe_stream_leaving_no_thread_behind_and_the_jsonl_flushed(packages, camera, tmp_path,  # noqa: F811
