@@ -20,7 +20,7 @@ import numpy as np
 
 from rfpipe.io.decode import OPENCV_MAX_PIXELS, DecodeError, decode_image
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = frozenset((".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"))
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 # FFmpeg gives up on a connection or a read after this long, so a dead camera cannot hang a thread.
 OPEN_TIMEOUT_MS = 5000
@@ -117,7 +117,7 @@ class FolderReader:
             raise SourceError(f"{self.path}: no such folder")
         self._files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self._files:
-            raise SourceError(f"{self.path}: no images in this folder (expected {', '.join(IMAGE_SUFFIXES)})")
+            raise SourceError(f"{self.path}: no images in this folder (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
         self._next = 0
         first = cv2.imread(str(self._files[0]), cv2.IMREAD_UNCHANGED)
         height, width = (0, 0) if first is None else first.shape[:2]
