@@ -192,7 +192,7 @@ def test_a_live_mjpeg_camera_drops_stale_frames_and_reconnects_after_a_restart(d
     stop = threading.Event()
     summaries = []
     runner = threading.Thread(target=lambda: summaries.append(streams.run(
-        [camera.url], detector, confidence=CONFIDENCE, stop=stop, live_window=1,
+        [camera.url], detector, confidence=CONFIDENCE, stop=stop,
         sink=streams.Callback(results.append), duration=150)))
     runner.start()
     try:
@@ -214,6 +214,35 @@ def test_a_live_mjpeg_camera_drops_stale_frames_and_reconnects_after_a_restart(d
     indices = [r.frame for r in results]
     assert indices == sorted(set(indices)) and indices[-1] + 1 > len(indices)
     assert all(r.position is None and r.source == camera.url for r in results)
+
+
+def test_the_newest_frames_of_all_live_cameras_go_into_one_batch(detector, camera):
+    # three cameras (three connections to the test camera); the model is slower than their frame rate
+    urls = [f"http://127.0.0.1:{camera.port}/cam{i}.mjpg" for i in range(3)]
+    sizes: list[int] = []
+    forward = detector.forward
+
+    def recording(batch):
+        sizes.append(batch.shape[0])
+        return forward(batch)
+
+    results: list[streams.FrameResult] = []
+    stop = threading.Event()
+    detector.forward = recording
+    try:
+        summaries = []
+        runner = threading.Thread(target=lambda: summaries.append(streams.run(
+            urls, detector, confidence=CONFIDENCE, max_batch=8, max_wait_ms=20, stop=stop,
+            sink=streams.Callback(results.append), duration=150)))
+        runner.start()
+        _wait_for(lambda: sizes[1:].count(3) >= 2, 90, "two batches of three frames")
+    finally:
+        stop.set()
+        runner.join(60)
+        detector.forward = forward
+    assert max(sizes) == 3  # one round in flight: never two frames of one camera in a batch
+    assert all(row.frames > 0 and row.dropped > 0 for row in summaries[0].sources)
+    assert {r.source for r in results} == set(urls)
 
 
 def test_a_slow_sink_drops_results_on_its_full_queue_while_jsonl_and_the_live_view_get_every_frame(

@@ -2,9 +2,12 @@
 
 One dispatcher loop (on the caller's thread) takes frames from the source threads, submits them to
 the engine and hands finished frames, in each source's order, to the sinks' queues. A file keeps up
-to `2 * max_batch` frames in the engine, a live source `live_window` (the newest frames); frames of
-all sources go into the same engine, so the newest frame of every live source lands in one batch
-whenever inference is the bottleneck (the engine gathers whatever is queued, up to `max_batch`).
+to `2 * max_batch` frames in the engine (read ahead, none dropped). Live sources go in rounds: when
+the previous round of live frames has finished, the newest frame of every live source that has one
+is submitted at once, so they land in one engine batch (up to `max_batch`) and N cameras cost one
+batch per round, not N calls; while a round runs, each camera's newer frames replace each other
+(counted as dropped). When inference is faster than the cameras, a round holds whatever frames
+arrived, so nothing waits for a slow camera.
 
 Stopping: when every source has ended, when `duration` seconds have passed, when the `stop` event
 is set, or on Ctrl-C / SIGTERM (handled while `run` runs on the main thread). The sources stop
@@ -98,22 +101,20 @@ def _percentile_ms(values: Sequence[float], q: float) -> float | None:
 
 class _Run:
     def __init__(self, specs: Sequence[Any], engine: Engine, sinks: Sequence[Sink], *, confidence: Any,
-                 max_fps: Any, reconnect: bool, live_window: int, sink_queue: int):
+                 max_fps: Any, reconnect: bool, sink_queue: int):
         if isinstance(max_fps, (list, tuple)):
             if len(max_fps) != len(specs):
                 raise ValueError(f"max_fps has {len(max_fps)} values for {len(specs)} sources")
             rates = list(max_fps)
         else:
             rates = [max_fps] * len(specs)
-        if live_window < 1:
-            raise ValueError(f"live_window must be at least 1, got {live_window}")
         self.engine = engine
         self.confidence = confidence
         self.cond = threading.Condition()
         self.halt = threading.Event()
         self.sources = [SourceThread(i, spec, self.cond, self.halt, max_fps=rate, reconnect=reconnect)
                         for i, (spec, rate) in enumerate(zip(specs, rates, strict=True))]
-        self.windows = [live_window if s.live else 2 * engine.max_batch for s in self.sources]
+        self.file_window = 2 * engine.max_batch
         self.in_flight: list[deque[tuple[Frame, Future]]] = [deque() for _ in self.sources]
         self.tallies = [_Tally() for _ in self.sources]
         self.sinks = [SinkWorker(sink, i, queue_size=sink_queue) for i, sink in enumerate(sinks)]
@@ -159,10 +160,15 @@ class _Run:
 
     def _submittable(self) -> list[Frame]:
         frames = []
-        for source, window, flight in zip(self.sources, self.windows, self.in_flight, strict=True):
-            # in_flight grows only after submit; count frames taken in this pass too
-            taken = 0
-            while source.ready() and len(flight) + taken < window:
+        round_done = not any(flight for source, flight in zip(self.sources, self.in_flight, strict=True)
+                             if source.live)
+        for source, flight in zip(self.sources, self.in_flight, strict=True):
+            if source.live:
+                if round_done and source.ready():
+                    frames.append(source.take())
+                continue
+            taken = 0  # in_flight grows only after submit: count frames taken in this pass too
+            while source.ready() and len(flight) + taken < self.file_window:
                 frames.append(source.take())
                 taken += 1
         return frames
@@ -295,7 +301,6 @@ def run(
     max_wait_ms: float = 2.0,
     batch_policy: str = "dynamic",
     engine: Engine | None = None,
-    live_window: int = 2,
     sink_queue: int = 256,
 ) -> Summary:
     """Run `detector` on every source until all end (or `duration`, `stop`, Ctrl-C, SIGTERM); return a Summary.
@@ -321,12 +326,12 @@ def run(
     own_engine = engine is None
     if engine is None:
         engine = Engine(detector, max_batch=max_batch, max_wait_ms=max_wait_ms, batch_policy=batch_policy,
-                        queue_size=max(256, 2 * max_batch * len(specs) + live_window * len(specs)))
+                        queue_size=max(256, (2 * max_batch + 1) * len(specs)))
     state = None
     previous: dict[int, Any] = {}
     try:
         state = _Run(specs, engine, sinks, confidence=confidence, max_fps=max_fps, reconnect=reconnect,
-                     live_window=live_window, sink_queue=sink_queue)
+                     sink_queue=sink_queue)
         for s in sinks:
             if hasattr(s, "attach"):
                 s.attach(lambda: state.summary(live=True))
