@@ -5,6 +5,7 @@
     rfpipe parity MODEL --images DIR --a reference --b torchvision [--annotations coco.json]
     rfpipe parity MODEL --images DIR --a cuda --b cuda+gpu-decode   # what serve --gpu-decode changes
     rfpipe export CHECKPOINT OUT_DIR
+    rfpipe stream MODEL SOURCE... [--jsonl out.jsonl] [--video-dir DIR] [--view]   # files, streams, cameras
     rfpipe serve ...
 """
 
@@ -185,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out_dir", type=Path)
     export.add_argument("--no-onnx", action="store_true", help="torch weights only")
     export.set_defaults(run=_export)
+
+    from rfpipe.tools.stream import add_parser as add_stream
+
+    add_stream(commands, _model_arguments)
 
     commands.add_parser("serve", help="the HTTP server (rfpipe serve --help)", add_help=False)
     return parser

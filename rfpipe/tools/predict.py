@@ -23,8 +23,9 @@ from rfpipe.detections import Detections
 from rfpipe.detector import Detector
 from rfpipe.io.decode import OPENCV_MAX_PIXELS, DecodeError, decode_image
 from rfpipe.io.gpu import decode_for_device
+from rfpipe.io.video import IMAGE_SUFFIXES
+from rfpipe.streams.sinks import annotate
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 
@@ -80,16 +81,6 @@ def inference_response(detections: Detections, image: np.ndarray, seconds: float
         "image": {"width": int(image.shape[1]), "height": int(image.shape[0])},
         "predictions": detections.to_inference_json(),
     }
-
-
-def annotate(image: np.ndarray, detections: Detections) -> np.ndarray:
-    """A copy of the BGR frame with boxes and 'class confidence' labels drawn by supervision."""
-    import supervision as sv
-
-    sv_detections = detections.to_supervision()
-    labels = [f"{name} {score:.2f}" for name, score in zip(detections.class_name, detections.confidence.tolist(), strict=True)]
-    scene = sv.BoxAnnotator().annotate(image.copy(), sv_detections)
-    return sv.LabelAnnotator().annotate(scene, sv_detections, labels=labels)
 
 
 def _frames(video: Path) -> Iterator[np.ndarray]:
