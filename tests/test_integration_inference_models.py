@@ -117,7 +117,7 @@ def test_onnx_model_pre_process_is_unchanged_by_rfpipe(models, photos, rfpipe_ca
 @pytest.mark.parametrize("package", PACKAGES)
 def test_onnx_model_detections_are_unchanged_by_rfpipe(models, photos, rfpipe_calls, package):
     rng = np.random.default_rng(13)
-    images = [photos["chelsea"], photos["rocket"], random_image(rng, 1920, 1080), random_image(rng, 37, 211)]
+    images = [photos["chelsea"], random_image(rng, 1280, 720), random_image(rng, 37, 211)]
     model = models[package]
     theirs, ours = without_and_with(lambda: model.infer(images, confidence=0.3), rfpipe_calls)
     assert sum(len(d.class_id) for d in theirs) > 0  # the untrained head does find boxes at 0.3

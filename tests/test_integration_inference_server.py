@@ -1,0 +1,117 @@
+"""The Roboflow inference server with rfpipe inside answers a request as rfpipe's own server does.
+
+The inference server (PyPI `inference` 1.8.3) pins packages that clash with rfpipe's test
+environment, so it runs from a virtual environment of its own, named by
+RFPIPE_INFERENCE_SERVER_PYTHON (its python); rfpipe runs there from this source tree. The test
+starts it on loopback with `python -m rfpipe.integrations.inference_server`, serving the untrained
+letterbox package offline, sends one request, and compares the answer with rfpipe's own server on
+the same package and image.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+import requests
+from model_packages import packages  # noqa: F401
+from server_support import free_socket, live_server
+
+import rfpipe
+from rfpipe.server import ServerSettings, create_app
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 300  # importing the server and loading the model on two busy cores
+
+
+def strip_ids(predictions):
+    return [{k: v for k, v in p.items() if k != "detection_id"} for p in predictions]
+
+
+@pytest.fixture(scope="module")
+def server_python() -> str:
+    python = os.environ.get("RFPIPE_INFERENCE_SERVER_PYTHON")
+    if not python or not os.access(python, os.X_OK):
+        pytest.skip("needs the inference server's own environment (RFPIPE_INFERENCE_SERVER_PYTHON; see docs/integrations.md)")
+    return python
+
+
+@pytest.fixture(scope="module")
+def package(packages, tmp_path_factory):  # noqa: F811
+    """The letterbox package with the model_config.json the inference server reads for a local package."""
+    path = tmp_path_factory.mktemp("inference-server") / "letterbox"
+    shutil.copytree(packages["letterbox"], path)
+    (path / "model_config.json").write_text(
+        json.dumps({"model_architecture": "rfdetr", "task_type": "object-detection", "backend_type": "onnx"})
+    )
+    return path
+
+
+def request_body(model_id: str, image) -> dict:
+    ok, encoded = cv2.imencode(".png", image)
+    assert ok
+    return {"model_id": model_id, "image": {"type": "base64", "value": base64.b64encode(encoded.tobytes()).decode()},
+            "confidence": 0.3}
+
+
+def test_inference_server_with_rfpipe_inside_answers_as_rfpipe_server(server_python, package, photos, tmp_path):
+    image = photos["rocket"]
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()  # the server binds it itself; loopback only
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "ALLOW_INFERENCE_MODELS_DIRECTLY_ACCESS_LOCAL_PACKAGES": "True",
+        "OFFLINE_MODE": "True",
+        "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+        "ONNXRUNTIME_EXECUTION_PROVIDERS": "[CPUExecutionProvider]",
+        "DISABLE_VERSION_CHECK": "True",
+        "METRICS_ENABLED": "False",
+        "TELEMETRY_OPT_OUT": "True",
+    }
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [server_python, "-m", "rfpipe.integrations.inference_server", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                if requests.get(f"{url}/info", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the inference server did not start:\n{log.read_text()[-4000:]}")
+            time.sleep(0.5)
+        response = requests.post(f"{url}/infer/object_detection", json=request_body(str(package), image), timeout=240)
+        assert response.status_code == 200, response.text[:2000]
+        theirs = response.json()
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(30)
+    text = log.read_text()
+    assert "rfpipe.integrations.inference_models: installed" in text, text[-4000:]
+
+    detector = rfpipe.Detector.load(package, device="cpu", backend="onnx")
+    with live_server(create_app([detector], ServerSettings(model_id="letterbox/1", max_wait_ms=1))) as ours_url:
+        ours = requests.post(f"{ours_url}/infer/object_detection", json=request_body("letterbox/1", image), timeout=120).json()
+    assert theirs["image"] == ours["image"] == {"width": image.shape[1], "height": image.shape[0]}
+    assert len(theirs["predictions"]) > 0
+    assert strip_ids(theirs["predictions"]) == strip_ids(ours["predictions"]), sys.stderr
