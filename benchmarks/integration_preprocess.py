@@ -22,6 +22,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from rfpipe.integrations import inference_models as integration
-from rfpipe.testing.untrained import cached_packages
+from rfpipe.testing.untrained import build_packages, cached_packages
 
 MODES = ("stretch", "letterbox", "center-crop", "static-crop")
 ROUNDS = 3
@@ -70,18 +71,22 @@ def execution_path(package: Path, device: torch.device, preprocessor: str):
     )
 
 
+def onnx_runs_on(device: torch.device) -> bool:
+    """Whether inference-models' ONNX model can run on `device` here (a GPU needs onnxruntime's CUDA provider)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return device.type == "cpu" or "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
 def onnx_model(package: Path, device: torch.device):
     """inference-models' own ONNX RF-DETR on `device`, or None where onnxruntime cannot run it there."""
-    import onnxruntime
     from inference_models.models.rfdetr.rfdetr_object_detection_onnx import (
         RFDetrForObjectDetectionONNX,
     )
 
-    providers = ["CPUExecutionProvider"]
-    if device.type == "cuda":
-        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-            return None
-        providers = ["CUDAExecutionProvider"]
+    providers = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
     model = RFDetrForObjectDetectionONNX.from_pretrained(str(package), onnx_execution_providers=providers, device=device)
     return model if model._device.type == device.type else None
 
@@ -162,19 +167,23 @@ def main() -> None:
         device = torch.device("cuda", torch.cuda.current_device())
     width, height = (int(v) for v in args.frame.split("x"))
     frame = synthetic_frame(height, width)
-    packages = cached_packages()
+    end_to_end = not args.no_end_to_end and onnx_runs_on(device)
+    if end_to_end:
+        packages = cached_packages()
+    else:  # pre_process alone needs only the configs: skip the ONNX export (a GPU image may lack its exporter)
+        packages = build_packages(tempfile.mkdtemp(prefix="rfpipe-integration-"), onnx=False)
     info = {
         "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "python": platform.python_version(),
         "torch": torch.__version__, "inference_models": inference_models.__version__, "frame": args.frame,
-        "reps": args.reps, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "reps": args.reps, "end_to_end": end_to_end, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     print(json.dumps(info))
     rows = {}
     header = f"{'mode':<12} {'base ms':>8} {'auto ms':>8} {'auto is':>20} {'rfpipe ms':>9} {'x base':>7} {'x auto':>7} {'exact':>6} {'auto=base':>9} {'infer w/o':>9} {'infer w/':>9} {'x':>5} {'dets=':>5}"
     print(header)
     for mode in args.modes.split(","):
-        row = run_mode(packages[mode], frame, device, args.reps, not args.no_end_to_end)
+        row = run_mode(packages[mode], frame, device, args.reps, end_to_end)
         rows[mode] = row
         print(
             f"{mode:<12} {row['base_ms']:>8.3f} {row['auto_ms']:>8.3f} {row['auto_is']:>20} {row['rfpipe_ms']:>9.3f} "

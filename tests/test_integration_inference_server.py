@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -114,4 +113,4 @@ def test_inference_server_with_rfpipe_inside_answers_as_rfpipe_server(server_pyt
         ours = requests.post(f"{ours_url}/infer/object_detection", json=request_body("letterbox/1", image), timeout=120).json()
     assert theirs["image"] == ours["image"] == {"width": image.shape[1], "height": image.shape[0]}
     assert len(theirs["predictions"]) > 0
-    assert strip_ids(theirs["predictions"]) == strip_ids(ours["predictions"]), sys.stderr
+    assert strip_ids(theirs["predictions"]) == strip_ids(ours["predictions"])
