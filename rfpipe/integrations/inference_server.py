@@ -12,7 +12,9 @@ use the package's absolute path as the model id:
         python -m rfpipe.integrations.inference_server --host 127.0.0.1 --port 9001
 
 Not started here (the container starts them beside the app): the stream manager process and
-active learning. If rfpipe's self-check refuses, the server does not start (exit status 1): asking
+active learning. The app mounts the container's landing page from `./inference/landing/out`, which
+the wheel does not ship; where the working directory has none, `main()` runs from a scratch
+directory holding that tree empty (the landing page is then blank; the API is unchanged). If rfpipe's self-check refuses, the server does not start (exit status 1): asking
 for rfpipe inside and silently getting the server without it would mislead.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import tempfile
 from typing import Any
 
 from rfpipe.integrations import inference_models
@@ -28,8 +31,13 @@ from rfpipe.integrations import inference_models
 logger = logging.getLogger("rfpipe")
 
 
+LANDING_DIRS = ("inference/landing/out/static", "inference/landing/out/_next/static")
+
+
 def create_app(*, implementation: str = "auto", allow_untested_version: bool = False) -> Any:
     """The inference server's FastAPI app, its RF-DETR models preprocessing through rfpipe.
+
+    Needs the working directory to hold LANDING_DIRS (the server mounts them); `main()` sees to it.
 
     >>> app = create_app()  # doctest: +SKIP
     >>> uvicorn.run(app, host="127.0.0.1", port=9001)  # doctest: +SKIP
@@ -61,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="install into an inference-models version rfpipe was not verified with (the self-check still runs)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not all(os.path.isdir(d) for d in LANDING_DIRS):
+        scratch = os.path.join(tempfile.gettempdir(), "rfpipe-inference-server")
+        for d in LANDING_DIRS:
+            os.makedirs(os.path.join(scratch, d), exist_ok=True)
+        logger.info("rfpipe.integrations.inference_server: no landing page here; running from %s", scratch)
+        os.chdir(scratch)
     try:
         app = create_app(implementation=args.implementation, allow_untested_version=args.allow_untested_version)
     except (RuntimeError, ValueError, ImportError) as error:
