@@ -7,7 +7,8 @@ one process, interleaved round by round:
   rfpipe      the same model path after `rfpipe.integrations.inference_models.install()`
 and, where its ONNX model runs on the device (CPU here; on a GPU only with onnxruntime's CUDA
 provider), `infer` end to end without and with rfpipe inside. Every rfpipe tensor is checked
-`torch.equal` to base (and auto's is reported against base too). `pre_process` runs through the
+`torch.equal` to base (and auto's is reported against base too). Medians of wall time, and of the
+process's CPU time (steadier on a shared CPU; it counts all of rfpipe's threads). `pre_process` runs through the
 model's own execution path object (what the ONNX, torch and CoreML classes delegate `pre_process`
 to), so it is measured on a GPU even where onnxruntime has no CUDA provider.
 
@@ -44,12 +45,14 @@ def synthetic_frame(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(img + rng.integers(-30, 30, img.shape), 0, 255).astype(np.uint8)
 
 
-def timed(fn, device: torch.device) -> float:
-    start = time.perf_counter()
+def timed(fn, device: torch.device) -> tuple[float, float]:
+    """(wall ms, CPU ms of this process, all its threads). On a shared CPU the wall time swings with the
+    neighbours' load; the CPU time much less (it counts rfpipe's two threads both, against it)."""
+    start, cpu_start = time.perf_counter(), time.process_time()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) * 1e3
+    return (time.perf_counter() - start) * 1e3, (time.process_time() - cpu_start) * 1e3
 
 
 def execution_path(package: Path, device: torch.device, preprocessor: str):
@@ -122,7 +125,7 @@ def run_mode(package: Path, frame: np.ndarray, device: torch.device, reps: int, 
             infer = lambda: model.infer(frame, input_color_format="bgr")  # noqa: E731
             groups[False]["infer_without"] = infer
             groups[True]["infer_with"] = infer
-        times: dict[str, list[float]] = {name: [] for group in groups.values() for name in group}
+        times: dict[str, list[tuple[float, float]]] = {name: [] for group in groups.values() for name in group}
         for round_number in range(ROUNDS):
             for inside, group in groups.items():
                 integration.install(implementation="auto") if inside else integration.uninstall()
@@ -142,12 +145,15 @@ def run_mode(package: Path, frame: np.ndarray, device: torch.device, reps: int, 
         integration.uninstall()
     for name, values in times.items():
         if values:
-            row[f"{name}_ms"] = statistics.median(values)
-            row[f"{name}_min_ms"] = min(values)
+            row[f"{name}_ms"] = statistics.median(v[0] for v in values)
+            row[f"{name}_min_ms"] = min(v[0] for v in values)
+            row[f"{name}_cpu_ms"] = statistics.median(v[1] for v in values)
     row["rfpipe_vs_base"] = row["base_ms"] / row["rfpipe_ms"]
     row["rfpipe_vs_auto"] = row["auto_ms"] / row["rfpipe_ms"]
+    row["rfpipe_vs_base_cpu_time"] = row["base_cpu_ms"] / row["rfpipe_cpu_ms"]
     if times.get("infer_with"):
         row["infer_speedup"] = row["infer_without_ms"] / row["infer_with_ms"]
+        row["infer_speedup_cpu_time"] = row["infer_without_cpu_ms"] / row["infer_with_cpu_ms"]
     return row
 
 
@@ -180,7 +186,7 @@ def main() -> None:
     }
     print(json.dumps(info))
     rows = {}
-    header = f"{'mode':<12} {'base ms':>8} {'auto ms':>8} {'auto is':>20} {'rfpipe ms':>9} {'x base':>7} {'x auto':>7} {'exact':>6} {'auto=base':>9} {'infer w/o':>9} {'infer w/':>9} {'x':>5} {'dets=':>5}"
+    header = f"{'mode':<12} {'base ms':>8} {'auto ms':>8} {'auto is':>20} {'rfpipe ms':>9} {'x base':>7} {'x auto':>7} {'exact':>6} {'auto=base':>9} {'infer w/o':>9} {'infer w/':>9} {'x':>5} {'dets=':>5} {'cpu base/rfpipe ms':>19} {'x':>6} {'cpu infer w/o/w ms':>19} {'x':>5}"
     print(header)
     for mode in args.modes.split(","):
         row = run_mode(packages[mode], frame, device, args.reps, end_to_end)
@@ -189,7 +195,10 @@ def main() -> None:
             f"{mode:<12} {row['base_ms']:>8.3f} {row['auto_ms']:>8.3f} {row['auto_is']:>20} {row['rfpipe_ms']:>9.3f} "
             f"{row['rfpipe_vs_base']:>7.2f} {row['rfpipe_vs_auto']:>7.2f} {str(row['rfpipe_equal_to_base']):>6} "
             f"{str(row['auto_equal_to_base']):>9} {row.get('infer_without_ms', float('nan')):>9.2f} "
-            f"{row.get('infer_with_ms', float('nan')):>9.2f} {row.get('infer_speedup', float('nan')):>5.2f} {str(row.get('detections_equal', '-')):>5}",
+            f"{row.get('infer_with_ms', float('nan')):>9.2f} {row.get('infer_speedup', float('nan')):>5.2f} {str(row.get('detections_equal', '-')):>5} "
+            f"{row['base_cpu_ms']:>9.2f}/{row['rfpipe_cpu_ms']:<9.2f} {row['rfpipe_vs_base_cpu_time']:>6.2f} "
+            f"{row.get('infer_without_cpu_ms', float('nan')):>9.1f}/{row.get('infer_with_cpu_ms', float('nan')):<9.1f} "
+            f"{row.get('infer_speedup_cpu_time', float('nan')):>5.2f}",
             flush=True,
         )
     if args.json:
