@@ -81,7 +81,7 @@ _lock = threading.RLock()
 # and the (module, attribute, original) triples that were rebound.
 _state: dict[str, Any] = {}
 _configs: dict[str, ModelConfig] = {}  # inference-models config contents -> rfpipe config
-_handbacks: set[str] = set()  # reasons already logged
+_handbacks: set[str] = set()  # reasons already logged (at most 100 are)
 
 
 # --- the drop-in ----------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def _upstream_function() -> Callable[..., Any]:
 def _note_handback(error: Exception) -> None:
     # Once per kind of reason, so a stream of such inputs does not flood the log.
     reason = f"{type(error).__name__}: {str(error).split(':')[-1].strip()[:120]}"
-    if reason not in _handbacks:
+    if reason not in _handbacks and len(_handbacks) < 100:
         _handbacks.add(reason)
         logger.warning("rfpipe does not take this input (%s); inference-models' own preprocessing runs it", reason)
 
