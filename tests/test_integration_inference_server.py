@@ -107,6 +107,7 @@ def test_inference_server_with_rfpipe_inside_answers_as_rfpipe_server(server_pyt
             process.wait(30)
     text = log.read_text()
     assert "rfpipe.integrations.inference_models: installed" in text, text[-4000:]
+    assert "rfpipe preprocesses inference-models' RF-DETR input (implementation=auto, device=cpu)" in text, text[-4000:]
 
     detector = rfpipe.Detector.load(package, device="cpu", backend="onnx")
     with live_server(create_app([detector], ServerSettings(model_id="letterbox/1", max_wait_ms=1))) as ours_url:

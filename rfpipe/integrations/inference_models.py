@@ -82,6 +82,7 @@ _lock = threading.RLock()
 _state: dict[str, Any] = {}
 _configs: dict[str, ModelConfig] = {}  # inference-models config contents -> rfpipe config
 _handbacks: set[str] = set()  # reasons already logged (at most 100 are)
+_announced: set[tuple[str, str]] = set()  # (implementation, device) pairs whose first use was logged
 
 
 # --- the drop-in ----------------------------------------------------------------------------------
@@ -127,16 +128,22 @@ def pre_process_network_input(
         return upstream()  # its own error for unknown ids; Pillow-SIMD's numbers for pillow-simd-v1
     if _is_real_fit_longer_edge(network_input):
         return upstream()
+    implementation = _state.get("implementation", "auto")
     try:
-        return _run_rfpipe(
+        result = _run_rfpipe(
             images, image_pre_processing, network_input, target_device, input_color_format, image_size_wh,
-            pre_processing_overrides, _state.get("implementation", "auto"),
+            pre_processing_overrides, implementation,
         )
     except _MixedNoneReadings:
         return upstream()
     except (ConfigError, TypeError, ValueError) as error:
         _note_handback(error)
         return upstream()
+    if (implementation, str(target_device)) not in _announced:  # once: a user can see it is in use
+        _announced.add((implementation, str(target_device)))
+        logger.info("rfpipe preprocesses inference-models' RF-DETR input (implementation=%s, device=%s)",
+                    implementation, target_device)
+    return result
 
 
 class _MixedNoneReadings(Exception):
