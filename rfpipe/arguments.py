@@ -77,3 +77,10 @@ def add_implementation(parser: argparse.ArgumentParser, *, several: bool = False
                         help=f"{help}; comma-separated from {', '.join(IMPLEMENTATION_CHOICES)}")
     parser.add_argument("--implementations", dest="implementation", type=_implementation_list,
                         help=argparse.SUPPRESS)
+
+
+def load_detector(args: argparse.Namespace):
+    """The `Detector` the model flags name (`args.model`, `--device`, `--backend`, `--dtype`, `--compile`, ...)."""
+    from rfpipe.detector import Detector
+
+    return Detector.load(args.model, device=args.device, backend=args.backend, **backend_options(args))

@@ -46,6 +46,7 @@ EXTRAS = {
     "cli": Extra(("rfpipe/tools/*.py",), (("predict", "--help"), ("bench", "--help"), ("parity", "--help"))),
     "torch-backend": Extra(("rfpipe/backends/torch.py", "rfpipe/export.py"), (("export", "--help"),)),
     "onnx": Extra(("rfpipe/backends/onnx.py",)),
+    "streams": Extra(("rfpipe/streams/*.py",), (("stream", "--help"),)),
 }
 
 # Imported by rfpipe but declared by no extra, on purpose.
@@ -53,11 +54,17 @@ NOT_DECLARED = {
     "tensorrt": "NVIDIA's TensorRT, installed with the CUDA stack it matches; the tensorrt backend says so when missing",
     "triton": "installed with torch's CUDA builds; only the CUDA preprocessing imports it",
     "inference_models": "the baseline `rfpipe bench --compare-inference-models` times, installed by whoever asks for it",
+    "inference": "the Roboflow inference server, in its own environment (requirements/inference-server.txt): "
+                 "rfpipe.integrations.inference_server runs inside it",
+    "pynvml": "NVIDIA's management library where the driver stack ships it: bench reads GPU utilisation with it, "
+              "else from nvidia-smi",
 }
 
 # A core module's optional feature that needs an extra: (module, imported package) -> that extra.
 FEATURES = {
     ("rfpipe/detections.py", "supervision"): "cli",  # Detections.to_supervision()
+    ("rfpipe/backends/compiled.py", "tqdm"): "cli",  # the warm-up progress bar (log lines without it)
+    ("rfpipe/integrations/inference_server.py", "uvicorn"): "server",  # serves the inference server's app
 }
 
 

@@ -30,6 +30,7 @@ RANKS = {
     "backends": 5, "export": 5,
     "engine": 6,
     "detector": 7,
+    "arguments": 8,  # the shared command-line flags and the model they load: rfpipe serve and the tools use them
     "": 8,
     "server": 9, "streams": 9, "integrations": 9,
     "testing": 10,
@@ -40,7 +41,7 @@ SAME_RANK = {("postprocess", "detections"), ("export", "backends")}  # export bu
 
 # TEMPORARY, for the lead to delete: the one cycle on main when this check was written. The server
 # helper's change (launching in one module) removes it; then this allowance must go.
-KNOWN_CYCLES: set[frozenset[str]] = {frozenset({"rfpipe.server.cli", "rfpipe.server.processes"})}
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 
 def _module_name(path: Path, root: Path) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from rfpipe.arguments import add_implementation, add_model_options, backend_options
+from rfpipe.arguments import add_implementation, add_model_options, backend_options, load_detector
 from rfpipe.backends import BackendUnavailable
 from rfpipe.config import ConfigError
 
@@ -32,10 +32,7 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--confidence", type=float, default=0.4, help="keep detections above this (default 0.4)")
 
 
-def _load(args: argparse.Namespace):
-    from rfpipe.detector import Detector
 
-    return Detector.load(args.model, device=args.device, backend=args.backend, **backend_options(args))
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -46,7 +43,7 @@ def _predict(args: argparse.Namespace) -> int:
         raise ValueError("no image or video files among the inputs")
     if args.out is None and not args.json:
         args.json = True  # nothing would be written otherwise
-    detector = _load(args)
+    detector = load_detector(args)
     print(describe_model(args.model, detector), file=sys.stderr)
     count = run_predict(detector, inputs, args.out, args.json, progress=not args.quiet, confidence=args.confidence,
                         implementation=args.implementation)
@@ -76,7 +73,7 @@ def _implementations(names: list[str] | None, device: torch.device) -> list[str]
 def _bench(args: argparse.Namespace) -> int:
     from rfpipe.tools import bench
 
-    detector = _load(args)
+    detector = load_detector(args)
     encoded = [p.read_bytes() for p in _sample_or_folder(args.images)]
     batches = [int(b) for b in args.batch.split(",")]
     baseline = None

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from rfpipe.arguments import load_detector
 from rfpipe.engine import BATCH_POLICIES
 
 
@@ -39,11 +40,10 @@ def add_parser(commands: argparse._SubParsersAction, model_arguments: Callable[[
 
 def run_command(args: argparse.Namespace) -> int:
     import rfpipe.streams as streams
-    from rfpipe.tools.cli import _load
 
     if args.jsonl == "-" and args.view:
         raise ValueError("--jsonl - writes to stdout; the live view needs the terminal too (drop --view)")
-    detector = _load(args)
+    detector = load_detector(args)
     sinks: list = []
     if args.jsonl:
         sinks.append(streams.JsonLines(args.jsonl))
