@@ -45,7 +45,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, several_devices: bool 
         parser.add_argument("--compile", choices=COMPILE_CHOICES,
                             help="torch backend: compile the forward with CUDA graphs per batch bucket "
                                  "(auto: on CUDA when Triton works, else eager)")
-        parser.add_argument("--max-batch", type=int, help="torch backend: the largest compiled batch bucket (default 8)")
+        parser.add_argument("--max-batch", type=int, help="the largest batch: frames per engine batch, and the torch backend's largest compiled bucket (default 8)")
 
 
 def backend_options(args: argparse.Namespace) -> dict[str, object]:

@@ -32,7 +32,6 @@ def add_parser(commands: argparse._SubParsersAction, model_arguments: Callable[[
     parser.add_argument("--max-fps", type=float, help="at most this many frames per second from each source")
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
     parser.add_argument("--no-reconnect", action="store_true", help="a live source that fails ends instead of retrying")
-    parser.add_argument("--max-batch", type=int, default=8, help="frames per engine batch, across sources (default 8)")
     parser.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits to fill (default 2)")
     parser.add_argument("--batch-policy", default="dynamic", choices=BATCH_POLICIES)
     parser.set_defaults(run=run_command)
@@ -53,7 +52,7 @@ def run_command(args: argparse.Namespace) -> int:
     if view:
         sinks.append(streams.TerminalView())
     summary = streams.run(args.sources, detector, sink=sinks, confidence=args.confidence, max_fps=args.max_fps,
-                          reconnect=not args.no_reconnect, duration=args.duration, max_batch=args.max_batch,
+                          reconnect=not args.no_reconnect, duration=args.duration, max_batch=args.max_batch or 8,
                           max_wait_ms=args.max_wait_ms, batch_policy=args.batch_policy)
     if args.summary is not None:
         args.summary.write_text(json.dumps(summary.to_json(), indent=1) + "\n")
