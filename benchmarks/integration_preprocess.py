@@ -61,8 +61,12 @@ def execution_path(package: Path, device: torch.device, preprocessor: str):
         ResizeMode,
         parse_inference_config,
     )
-    from inference_models.models.rfdetr.optimization.backend_path import RFDetrBackendPath
-    from inference_models.models.rfdetr.optimization.execution_plan import RFDetrExecutionPlan
+    from inference_models.models.rfdetr.optimization.backend_path import (
+        RFDetrBackendPath,
+    )
+    from inference_models.models.rfdetr.optimization.execution_plan import (
+        RFDetrExecutionPlan,
+    )
 
     config = parse_inference_config(
         config_path=str(package / "inference_config.json"),

@@ -20,13 +20,12 @@ import torch
 
 from rfpipe.backends import BACKENDS, Backend, BackendUnavailable, run_in_chunks
 from rfpipe.config import (
-    checkpoint_config_dict,
     CLASS_NAMES_FILE,
     CONFIG_FILE,
-    IMAGENET_NORMALIZATION,
     ConfigError,
     ImageSize,
     ModelConfig,
+    checkpoint_config_dict,
     load_config,
 )
 from rfpipe.detections import Detections

@@ -9,7 +9,14 @@
 
 from rfpipe.io.video import SourceError, SourceInfo, source_kind
 from rfpipe.streams.runner import SourceSummary, Summary, run
-from rfpipe.streams.sinks import AnnotatedVideo, Callback, FrameResult, JsonLines, Sink, annotate
+from rfpipe.streams.sinks import (
+    AnnotatedVideo,
+    Callback,
+    FrameResult,
+    JsonLines,
+    Sink,
+    annotate,
+)
 from rfpipe.streams.view import TerminalView
 
 __all__ = [

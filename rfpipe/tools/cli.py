@@ -21,7 +21,12 @@ from pathlib import Path
 
 import torch
 
-from rfpipe.arguments import add_implementation, add_model_options, backend_options, load_detector
+from rfpipe.arguments import (
+    add_implementation,
+    add_model_options,
+    backend_options,
+    load_detector,
+)
 from rfpipe.backends import BackendUnavailable
 from rfpipe.config import ConfigError
 
