@@ -469,10 +469,11 @@ def test_config_error_in_package_names_the_config_file(tmp_path):
 
 
 def test_imagenet_normalization_is_written_once_in_config():
-    """The normalisation RF-DETR trains with: one constant, used by export and the GPU self-check."""
-    from rfpipe.config import IMAGENET_NORMALIZATION
-    from rfpipe.export import package_config
+    """The normalisation RF-DETR trains with: one constant, used by the checkpoint config (a direct load and
+    `rfpipe export` alike) and the GPU self-check."""
+    from rfpipe.config import IMAGENET_NORMALIZATION, checkpoint_config_dict
 
     assert IMAGENET_NORMALIZATION == (tuple(IMAGENET[0]), tuple(IMAGENET[1]))
-    assert package_config(320)["network_input"]["normalization"] is IMAGENET_NORMALIZATION
-    assert ModelConfig.from_dict(package_config(320)).normalization == IMAGENET_NORMALIZATION
+    raw = checkpoint_config_dict(320, 32)
+    assert raw["network_input"]["normalization"] == [list(row) for row in IMAGENET_NORMALIZATION]
+    assert ModelConfig.from_dict(raw).normalization == IMAGENET_NORMALIZATION

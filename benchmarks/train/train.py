@@ -34,13 +34,15 @@ from pack import LETTERBOX_DIMENSIONS, round_to_float16  # noqa: E402
 
 import rfpipe  # noqa: E402
 from rfpipe.backends.torch import import_rfdetr, quiet_rfdetr, rfdetr_version  # noqa: E402
-from rfpipe.export import package_config  # noqa: E402
+from rfpipe.config import checkpoint_config_dict  # noqa: E402
 from rfpipe.tools.parity import coco_map  # noqa: E402
 
 
 def configs(resolution: int) -> dict[str, rfpipe.ModelConfig]:
     """The stretch and letterbox package configs the trained weights are exported with."""
-    stretch = package_config(resolution)
+    stretch = checkpoint_config_dict(resolution, 1)  # trained at one fixed size: no dynamic sizes
+    stretch["network_input"]["dynamic_spatial_size_supported"] = False
+    del stretch["network_input"]["dynamic_spatial_size_mode"]
     letterbox = json.loads(json.dumps(stretch))
     letterbox["network_input"].update(resize_mode="letterbox", dataset_version_resize_dimensions=LETTERBOX_DIMENSIONS)
     return {name: rfpipe.ModelConfig.from_dict(c, class_names=list(CLASS_NAMES))

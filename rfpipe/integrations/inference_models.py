@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rfpipe.config import ConfigError, ModelConfig
+from rfpipe.config import IMAGENET_NORMALIZATION, ConfigError, ModelConfig
 from rfpipe.geometry import Overrides, PreprocessMetadata
 from rfpipe.preprocess import preprocess
 
@@ -392,7 +392,7 @@ def _probe_calls() -> list[tuple[dict, Any, str | None, Any]]:
     rng = np.random.default_rng(2477)
     wide = rng.integers(0, 256, (61, 97, 3), dtype=np.uint8)
     tall = rng.integers(0, 256, (133, 50, 3), dtype=np.uint8)
-    imagenet = [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]
+    imagenet = [list(row) for row in IMAGENET_NORMALIZATION]
 
     def net(mode: str, dataset: tuple[int, int] | None = None, color: str = "rgb", **extra: Any) -> dict:
         out = {"training_input_size": {"height": 48, "width": 64}, "resize_mode": mode, "color_mode": color,
