@@ -45,6 +45,7 @@ import rfpipe  # noqa: E402
 from rfpipe.engine import Engine  # noqa: E402
 from rfpipe.io.decode import decode_image  # noqa: E402
 from rfpipe.samples import load_samples  # noqa: E402
+from rfpipe.tools.bench import plot_engine  # noqa: E402
 
 RESOLUTION = int(os.environ.get("RESOLUTION", 384))
 BUCKETS = tuple(int(b) for b in os.environ.get("BUCKETS", "1,8,32").split(","))
@@ -308,26 +309,6 @@ def optional(name: str, need_s: float, fn, *args, **kwargs):
         return None
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label in sorted({r["pipeline"] for r in rows}):
-        points = sorted((r["max_batch"], r["fps"]) for r in rows if r["pipeline"] == label)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("max batch")
-    ax.set_ylabel("frames/s (720p JPEG bytes -> detections)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
 
 def main() -> None:
     from rfpipe.testing.untrained import build_packages
@@ -435,7 +416,7 @@ def main() -> None:
 
     REPORT["total_s"] = elapsed()
     (out / "engine.json").write_text(json.dumps(REPORT, indent=1, default=str))
-    plot(rows, out / "engine.png", f"untrained RF-DETR Nano {RESOLUTION}, {meta['device']}, compiled bf16")
+    plot_engine(rows, out / "engine.png", f"untrained RF-DETR Nano {RESOLUTION}, {meta['device']}, compiled bf16")
     log(f"wrote {out / 'engine.json'}")
 
 

@@ -118,6 +118,37 @@ class FakeDetector:
         return self.postprocess(logits, boxes, meta, confidence)
 
 
+class GatedDetector(FakeDetector):
+    """Forward waits on `gate` once `armed` (after the warm-up), so a test can keep the engine busy."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+        self.armed = False
+
+    def forward(self, batch):
+        if self.armed:
+            self.gate.wait(30)
+        return super().forward(batch)
+
+
+def wait_ready(process, url: str, log, timeout_s: float = 180.0) -> None:
+    """Wait for a server subprocess's /readyz to answer 200; fail with its log if it exits first."""
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("the server did not become ready")
+
+
 def free_socket() -> socket.socket:
     """A TCP socket bound to a free port on 127.0.0.1 (never another address)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

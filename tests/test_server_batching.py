@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import requests
 from conftest import make_config, random_image
-from server_support import FakeDetector, live_server
+from server_support import FakeDetector, GatedDetector, live_server
 
 from rfpipe.geometry import Overrides
 from rfpipe.server import ServerSettings, create_app
@@ -140,19 +139,6 @@ def test_a_failing_image_does_not_fail_its_batch_neighbours():
             assert as_json(results[i]) == as_json(alone)
 
 
-class _GatedDetector(FakeDetector):
-    """Forward waits on a gate once armed (after warm-up), so tests can hold the engine busy."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.gate = threading.Event()
-        self.armed = False
-
-    def forward(self, batch):
-        if self.armed:
-            self.gate.wait(30)
-        return super().forward(batch)
-
 
 def _post(url, frame, **fields):
     data = base64.b64encode(cv2.imencode(".png", frame)[1].tobytes()).decode()
@@ -161,7 +147,7 @@ def _post(url, frame, **fields):
 
 
 def test_full_queue_answers_503_with_retry_after_and_recovers():
-    detector = _GatedDetector(make_config())
+    detector = GatedDetector(make_config())
     settings = ServerSettings(model_id=MODEL, max_batch=1, max_wait_ms=0, queue_size=3, request_timeout_s=30)
     frame = _frames(1)[0]
     with live_server(create_app([detector], settings)) as url, ThreadPoolExecutor(8) as pool:
@@ -180,7 +166,7 @@ def test_full_queue_answers_503_with_retry_after_and_recovers():
 
 
 def test_request_timeout_answers_504_and_the_server_recovers():
-    detector = _GatedDetector(make_config())
+    detector = GatedDetector(make_config())
     settings = ServerSettings(model_id=MODEL, max_batch=4, max_wait_ms=0, request_timeout_s=0.3)
     frame = _frames(1)[0]
     with live_server(create_app([detector], settings)) as url:

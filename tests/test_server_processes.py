@@ -24,7 +24,7 @@ import pytest
 import requests
 from conftest import random_image
 from model_packages import packages  # noqa: F401
-from server_support import free_socket
+from server_support import free_socket, wait_ready
 
 MODEL = "nano/1"
 REQUESTS = 40
@@ -47,19 +47,6 @@ def _start(model: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
                                    stderr=subprocess.STDOUT, start_new_session=True)
     return process, f"http://127.0.0.1:{port}"
 
-
-def _wait_ready(process: subprocess.Popen, url: str, log: Path, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("the server did not become ready")
 
 
 def _descendants(pid: int) -> set[int]:
@@ -102,7 +89,7 @@ def server(packages, tmp_path) -> Iterator[tuple[subprocess.Popen, str]]:  # noq
     process, url = _start(packages["stretch"], tmp_path / "server.log")
     children: set[int] = set()
     try:
-        _wait_ready(process, url, tmp_path / "server.log")
+        wait_ready(process, url, tmp_path / "server.log")
         children = _descendants(process.pid)
         yield process, url
     finally:  # after a failed test too: no server process outlives it

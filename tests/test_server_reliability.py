@@ -32,7 +32,13 @@ import requests
 import torch
 from conftest import make_config, random_image
 from model_packages import packages  # noqa: F401
-from server_support import FakeDetector, free_socket, live_server
+from server_support import (
+    FakeDetector,
+    GatedDetector,
+    free_socket,
+    live_server,
+    wait_ready,
+)
 
 from rfpipe.server import ServerSettings, create_app
 
@@ -105,19 +111,6 @@ def test_a_fault_in_one_batch_answers_the_others_and_names_the_faulty_request(fa
 # -- a client that goes away ------------------------------------------------------------------------
 
 
-class _Gated(FakeDetector):
-    """Forward waits on `gate` once `armed` (after the warm-up), so a test can keep the engine busy."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.gate = threading.Event()
-        self.armed = False
-
-    def forward(self, batch):
-        if self.armed:
-            self.gate.wait(30)
-        return super().forward(batch)
-
 
 def _raw_request(port: int, body: dict) -> socket.socket:
     """A connection that has sent one whole POST /infer/object_detection and not read the answer."""
@@ -129,7 +122,7 @@ def _raw_request(port: int, body: dict) -> socket.socket:
 
 
 def test_a_client_that_disconnects_while_queued_frees_its_slot_at_once():
-    detector = _Gated(make_config(size=(48, 40)))
+    detector = GatedDetector(make_config(size=(48, 40)))
     frame = random_image(np.random.default_rng(8), 40, 40)
     settings = ServerSettings(model_id=MODEL, max_batch=1, max_wait_ms=0.0, queue_size=2, request_timeout_s=30)
     with live_server(create_app([detector], settings)) as url, ThreadPoolExecutor(2) as pool:
@@ -262,19 +255,6 @@ def _start_fake(log: Path, *options: str) -> tuple[subprocess.Popen, str]:
     return process, f"http://127.0.0.1:{port}"
 
 
-def _wait_ready(process: subprocess.Popen, url: str, log: Path, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("the server did not become ready")
-
 
 def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
@@ -288,7 +268,7 @@ def test_overload_at_twice_capacity_refuses_fast_and_keeps_serving(tmp_path):
     process, url = _start_fake(log, "--delay-ms", "40", "--max-batch", "4", "--queue-size", "16",
                                "--request-timeout", str(deadline_s))
     try:
-        _wait_ready(process, url, log)
+        wait_ready(process, url, log)
         body = json.dumps(_body(random_image(np.random.default_rng(10), 64, 64))).encode()
         warm = asyncio.run(_drive(url, body, rate=None, seconds=3.0, concurrency=8))
         assert all(r[2] == 200 for r in warm), {r[2] for r in warm}
@@ -365,7 +345,7 @@ def test_sigterm_mid_burst_answers_every_accepted_request_and_exits_0(packages, 
                                    stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(process, url, log)
+        wait_ready(process, url, log)
         rng = np.random.default_rng(11)
         bodies = [json.dumps(_body(random_image(rng, 320, 240), model="nano/1", confidence=0.05)) for _ in range(16)]
         connections = []
