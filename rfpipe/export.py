@@ -29,7 +29,7 @@ MODEL_TYPE_OF_CLASS = {cls: model_type for model_type, cls in MODEL_TYPES.items(
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, onnx: bool = True) -> Path:
     """Write a model package for an rfdetr training checkpoint into `out_dir` (created if needed).
 
-    >>> export_checkpoint("checkpoint_best_total.pth", "my-package")  # doctest: +SKIP
+    >>> export_checkpoint("checkpoint_best_total.pth", "my-package")  # model  # doctest: +SKIP
     PosixPath('my-package')
     """
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)

@@ -12,8 +12,8 @@ Every call runs on one thread of its own: CUDA graph trees are per thread, so gr
 warm-up are the ones replayed, whichever thread calls. A compilation that fails falls back to the
 eager forward with one log line; so does a call at a spatial size other than the warmed one.
 
->>> forward = CompiledForward(module_fn, device, buckets=(1, 2, 4, 8), input_size=(384, 384))  # doctest: +SKIP
->>> logits, boxes = forward(batch)  # doctest: +SKIP
+>>> forward = CompiledForward(module_fn, device, buckets=(1, 2, 4, 8), input_size=(384, 384))  # gpu  # doctest: +SKIP
+>>> logits, boxes = forward(batch)  # gpu  # doctest: +SKIP
 """
 
 from __future__ import annotations

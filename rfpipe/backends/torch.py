@@ -108,7 +108,7 @@ class TorchBackend:
     cache directory; `compiler` is torch.compile's backend.
 
     >>> backend = TorchBackend(module, "cuda", dtype="bfloat16", compile="auto", max_batch=8,
-    ...                        input_size=(384, 384))  # doctest: +SKIP
+    ...                        input_size=(384, 384))  # model  # doctest: +SKIP
     """
 
     name = "torch"
@@ -239,7 +239,7 @@ def load_package_weights(weights_path: str | Path, model_type: str, resolution: 
 def read_checkpoint(path: str | Path):
     """rfdetr's model wrapper for a training checkpoint (on the CPU), or a `ValueError` saying why not.
 
-    >>> wrapper = read_checkpoint("checkpoint_best_total.pth")  # doctest: +SKIP
+    >>> wrapper = read_checkpoint("checkpoint_best_total.pth")  # model  # doctest: +SKIP
     """
     import_rfdetr()
     from rfdetr.detr import RFDETR

@@ -1,10 +1,10 @@
 """rfpipe inside inference-models 0.39.x: one call makes its RF-DETR models preprocess through rfpipe.
 
 >>> from rfpipe.integrations import inference_models
->>> inference_models.install()  # doctest: +SKIP
+>>> inference_models.install()  # model  # doctest: +SKIP
 True
->>> model = AutoModel.from_pretrained(...)  # its RF-DETR models now preprocess exactly and fast  # doctest: +SKIP
->>> inference_models.uninstall()  # doctest: +SKIP
+>>> model = AutoModel.from_pretrained(...)  # its RF-DETR models now preprocess exactly and fast  # model  # doctest: +SKIP
+>>> inference_models.uninstall()  # model  # doctest: +SKIP
 
 **The hook, and why this one.** inference-models 0.39.x binds RF-DETR preprocessing in two layers:
 
@@ -297,7 +297,7 @@ def install(*, implementation: str = "auto", allow_untested_version: bool = Fals
     Returns False (and logs why) when the self-check finds rfpipe's probes differ from upstream's base;
     then nothing is swapped. Installing again is harmless (it may change the implementation).
 
-    >>> install(implementation="cpu")  # doctest: +SKIP
+    >>> install(implementation="cpu")  # model  # doctest: +SKIP
     True
     """
     if implementation not in IMPLEMENTATIONS:

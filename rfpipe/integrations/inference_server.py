@@ -39,8 +39,8 @@ def create_app(*, implementation: str = "auto", allow_untested_version: bool = F
 
     Needs the working directory to hold LANDING_DIRS (the server mounts them); `main()` sees to it.
 
-    >>> app = create_app()  # doctest: +SKIP
-    >>> uvicorn.run(app, host="127.0.0.1", port=9001)  # doctest: +SKIP
+    >>> app = create_app()  # server  # doctest: +SKIP
+    >>> uvicorn.run(app, host="127.0.0.1", port=9001)  # server  # doctest: +SKIP
     """
     if not inference_models.install(implementation=implementation, allow_untested_version=allow_untested_version):
         raise RuntimeError("rfpipe's self-check against inference-models' base preprocessing failed (see the log)")

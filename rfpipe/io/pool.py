@@ -10,8 +10,8 @@ Pinned blocks come from torch's caching host allocator, so they are reused once 
 torchvision's nvJPEG decoder in one batched call; anything it declines is decoded by OpenCV
 (the same routing and errors as `rfpipe.io.gpu.decode_for_device`, see that module).
 
->>> frame = decode_staged(data, pinned=True)  # doctest: +SKIP
->>> frames = decode_batch_on_device([a, b, c], "cuda:0")  # doctest: +SKIP
+>>> frame = decode_staged(data, pinned=True)  # file  # doctest: +SKIP
+>>> frames = decode_batch_on_device([a, b, c], "cuda:0")  # file  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ reader: `open()` connects (or raises `SourceError` naming the source), `read()` 
 Videos, streams and cameras decode with OpenCV's FFmpeg backend (V4L2 for camera indices); the
 images of a folder decode exactly as the server decodes request bytes (`rfpipe.io.decode`).
 
->>> reader = open_reader("clip.mp4")  # doctest: +SKIP
->>> info = reader.open(); frame, position = reader.read()  # doctest: +SKIP
+>>> reader = open_reader("clip.mp4")  # file  # doctest: +SKIP
+>>> info = reader.open(); frame, position = reader.read()  # file  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Video and camera streams: sources (files, folders, rtsp/http streams, cameras) -> one engine -> sinks.
 
 >>> import rfpipe, rfpipe.streams
->>> model = rfpipe.Detector.load("path/to/package", device="cuda")  # doctest: +SKIP
+>>> model = rfpipe.Detector.load("path/to/package", device="cuda")  # model  # doctest: +SKIP
 >>> summary = rfpipe.streams.run(["door.mp4", "rtsp://10.0.0.2/live", 0], model,
 ...                              sink=[rfpipe.streams.JsonLines("out.jsonl"),
-...                                    rfpipe.streams.AnnotatedVideo("annotated/")])  # doctest: +SKIP
+...                                    rfpipe.streams.AnnotatedVideo("annotated/")])  # model  # doctest: +SKIP
 """
 
 from rfpipe.io.video import SourceError, SourceInfo, source_kind

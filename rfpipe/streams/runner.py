@@ -314,8 +314,8 @@ def run(
     unless `reconnect=False`.
 
     >>> summary = rfpipe.streams.run(["door.mp4", "rtsp://10.0.0.2/live"], model,
-    ...                              sink=rfpipe.streams.JsonLines("out.jsonl"), duration=60)  # doctest: +SKIP
-    >>> summary.sources[0].frames, summary.fps  # doctest: +SKIP
+    ...                              sink=rfpipe.streams.JsonLines("out.jsonl"), duration=60)  # model  # doctest: +SKIP
+    >>> summary.sources[0].frames, summary.fps  # model  # doctest: +SKIP
     """
     specs = [sources] if isinstance(sources, (str, int)) else list(sources)
     if not specs:

@@ -5,7 +5,7 @@ feeds each sink through its own bounded queue and thread (`SinkWorker`), so a sl
 full the result is dropped for that sink and counted (`SinkWorker.dropped`). `close()` runs after the
 last result, on the sink's thread: it flushes files.
 
->>> rfpipe.streams.run(["cam.mp4"], model, sink=[JsonLines("out.jsonl"), AnnotatedVideo("out/")])  # doctest: +SKIP
+>>> rfpipe.streams.run(["cam.mp4"], model, sink=[JsonLines("out.jsonl"), AnnotatedVideo("out/")])  # model  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class Sink(Protocol):
 class JsonLines:
     """One JSON object per frame (`FrameResult.to_json`) to a file, or to stdout with path "-".
 
-    >>> sink = JsonLines("detections.jsonl")  # doctest: +SKIP
+    >>> sink = JsonLines("detections.jsonl")  # model  # doctest: +SKIP
     """
 
     def __init__(self, path: str | Path):
@@ -97,7 +97,7 @@ class JsonLines:
 def annotate(image: np.ndarray, detections: Detections) -> np.ndarray:
     """A copy of the BGR frame with boxes and 'class confidence' labels drawn by supervision.
 
-    >>> annotate(frame, detections).shape == frame.shape  # doctest: +SKIP
+    >>> annotate(frame, detections).shape == frame.shape  # model  # doctest: +SKIP
     True
     """
     import supervision as sv
@@ -125,7 +125,7 @@ class AnnotatedVideo:
     Boxes and labels are drawn with supervision's annotators (the `cli` extra). A source whose frame
     size changes (a camera that reconnects at another resolution) has its frames resized to the first size.
 
-    >>> sink = AnnotatedVideo("annotated/", fps=25)  # doctest: +SKIP
+    >>> sink = AnnotatedVideo("annotated/", fps=25)  # model  # doctest: +SKIP
     """
 
     def __init__(self, folder: str | Path, *, fps: float | None = None, codec: str = "mp4v"):
@@ -164,7 +164,7 @@ class Callback:
     `queue_size` bounds the results waiting for a slow function (default: `run`'s `sink_queue`);
     results that find it full are dropped for this sink and counted.
 
-    >>> sink = Callback(lambda r: print(r.source, r.frame, len(r.detections)))  # doctest: +SKIP
+    >>> sink = Callback(lambda r: print(r.source, r.frame, len(r.detections)))  # model  # doctest: +SKIP
     """
 
     def __init__(self, function: Callable[[FrameResult], Any], *, queue_size: int | None = None):

@@ -3,7 +3,7 @@
 A sink like the others (`run(..., sink=TerminalView())`); it ignores the frames and redraws from the
 run's numbers twice a second on its own thread, on stderr.
 
->>> rfpipe.streams.run([0, 1], model, sink=TerminalView())  # doctest: +SKIP
+>>> rfpipe.streams.run([0, 1], model, sink=TerminalView())  # model  # doctest: +SKIP
 """
 
 from __future__ import annotations
