@@ -120,45 +120,63 @@ class _Keep:  # picklable category filter
         return _keep(self.part)(c)
 
 
+ALL_VARIANTS = ("exact", "tensor", "perturb1", "cv2-linear", "nvjpeg", "bf16", "compiled")
+
+
 def check_package(package: Path, data: Path, split: str, device: torch.device, confidence: float,
-                  scratch: Path) -> tuple[dict, list, dict]:
+                  scratch: Path, *, wanted: tuple[str, ...] = ALL_VARIANTS,
+                  limit: int | None = None) -> tuple[dict, list, dict]:
     coco = json.loads((data / f"{split}.json").read_text())
+    if limit is not None:
+        coco["images"] = coco["images"][:limit]
     anns: dict[int, list] = {}
     for a in coco["annotations"]:
         anns.setdefault(a["image_id"], []).append(a)
     det = rfpipe.Detector.load(package, device=device, backend="torch")
-    dets = {"cv2-linear": rfpipe.Detector.load(cv2_linear_package(package, scratch), device=device, backend="torch"),
-            "bf16": rfpipe.Detector.load(package, device=device, backend="torch", dtype="bfloat16")}
+    dets = {}
+    if "cv2-linear" in wanted:
+        dets["cv2-linear"] = rfpipe.Detector.load(cv2_linear_package(package, scratch), device=device, backend="torch")
+    if "bf16" in wanted:
+        dets["bf16"] = rfpipe.Detector.load(package, device=device, backend="torch", dtype="bfloat16")
     notes = {}
-    try:
-        dets["compiled"] = rfpipe.Detector.load(package, device=device, backend="torch", compile="auto")
-    except TypeError as error:
-        notes["compiled"] = f"not run: rfpipe.Detector.load has no compile option on this commit ({error})"
+    if "compiled" in wanted:
+        try:
+            dets["compiled"] = rfpipe.Detector.load(package, device=device, backend="torch", compile="auto")
+        except TypeError as error:
+            notes["compiled"] = f"not run: rfpipe.Detector.load has no compile option on this commit ({error})"
     gpu = device.type == "cuda"
-    if not gpu:
+    if not gpu and "nvjpeg" in wanted:
         notes["nvjpeg"] = "not run: needs CUDA"
-    variants = ["exact", "tensor", "perturb1", "cv2-linear", *(["nvjpeg"] if gpu else []), "bf16",
-                *(["compiled"] if "compiled" in dets else [])]
+    variants = [v for v in ALL_VARIANTS if v in wanted and (v != "nvjpeg" or gpu) and (v != "compiled" or v in dets)]
     preds = {v: {} for v in variants}
     stats = {v: {"changed": 0, "gained_or_lost": 0, "max_conf_delta": 0.0, "max_abs_input_diff": 0.0} for v in variants}
     gt = []
-    for im in coco["images"]:
+    t0 = time.time()
+    for k, im in enumerate(coco["images"]):
+        if k and k % 25 == 0:
+            print(f"  {package.name}: {k}/{len(coco['images'])} images, {time.time() - t0:.0f} s", flush=True)
         path = data / split / im["file_name"]
         frame = read_image(path)
         batch, meta = det.preprocess(frame)
-        inputs = {"exact": (det, batch, meta), "tensor": (det, tensor_path(det, frame, meta[0]), meta),
-                  "perturb1": (det, perturbed(batch, det.config, im["id"]), meta),
-                  "cv2-linear": (dets["cv2-linear"], *dets["cv2-linear"].preprocess(frame)),
-                  "bf16": (dets["bf16"], batch, meta)}
-        if gpu:
+        inputs = {"exact": (det, batch, meta)}
+        if "tensor" in variants:
+            inputs["tensor"] = (det, tensor_path(det, frame, meta[0]), meta)
+        if "perturb1" in variants:
+            inputs["perturb1"] = (det, perturbed(batch, det.config, im["id"]), meta)
+        if "cv2-linear" in variants:
+            inputs["cv2-linear"] = (dets["cv2-linear"], *dets["cv2-linear"].preprocess(frame))
+        if "bf16" in variants:
+            inputs["bf16"] = (dets["bf16"], batch, meta)
+        if "nvjpeg" in variants:
             inputs["nvjpeg"] = (det, *det.preprocess(read_image(path, device)))
-        if "compiled" in dets:
+        if "compiled" in variants:
             inputs["compiled"] = (dets["compiled"], batch, meta)
         results = {}
         for v in variants:
             d, b, m = inputs[v]
             logits, boxes = d.forward(b)
-            results[v] = (d.postprocess(logits, boxes, m, confidence)[0], d.postprocess(logits, boxes, m, 0.0)[0])
+            results[v] = (d.postprocess(logits, boxes, m, confidence=confidence)[0],
+                          d.postprocess(logits, boxes, m, confidence=0.0)[0])
             stats[v]["max_abs_input_diff"] = max(stats[v]["max_abs_input_diff"], float((b - batch).abs().max()))
             preds[v][im["id"]] = [{"image_id": im["id"], "category_id": c + 1, "score": s,
                                    "bbox": [x[0], x[1], x[2] - x[0], x[3] - x[1]]}
@@ -252,18 +270,32 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=50)
     parser.add_argument("--workers", type=int, default=15)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--variants", default=",".join(ALL_VARIANTS),
+                        help=f"comma-separated paths to run (exact is always run); default all: {','.join(ALL_VARIANTS)}")
+    parser.add_argument("--packages-only", default="stretch,letterbox",
+                        help="comma-separated packages to check, of stretch,letterbox")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N test images")
+    parser.add_argument("--json-name", default="map_check", help="file stem of the JSON and markdown outputs")
     args = parser.parse_args()
+    wanted = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    unknown = sorted(set(wanted) - set(ALL_VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(ALL_VARIANTS)}")
+    wanted = ("exact", *[v for v in wanted if v != "exact"])
+    names = [n.strip() for n in args.packages_only.split(",") if n.strip()]
+    if not names or set(names) - {"stretch", "letterbox"}:
+        parser.error(f"--packages-only takes stretch and/or letterbox, got {args.packages_only!r}")
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"confidence": args.confidence, "resamples": args.resamples, "bootstrap_min_score": BOOT_MIN_SCORE, "perturb_probability_each_sign": PERTURB_P,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "packages": {}}
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "limit": args.limit, "packages": {}}
     with tempfile.TemporaryDirectory() as scratch:
-        for name in ("stretch", "letterbox"):
+        for name in names:
             t0 = time.time()
             result, gt, preds = check_package(Path(args.packages) / name, Path(args.data), args.split, device,
-                                              args.confidence, Path(scratch))
+                                              args.confidence, Path(scratch), wanted=wanted, limit=args.limit)
             result["map"] = point_maps(gt, preds)
             result["bootstrap"] = bootstrap(gt, preds, args.resamples, 0, args.workers)
             result["seconds"] = time.time() - t0
@@ -271,8 +303,9 @@ def main() -> None:
             report.update(images=result["images"], images_digits=result["map"]["digits"]["images"],
                           images_trees=result["map"]["trees"]["images"])
             print(f"{name}: {json.dumps(result['map']['all'])} ({result['seconds']:.0f} s)", flush=True)
-    (out / "map_check.json").write_text(json.dumps(report, indent=1))
-    (out / "map_check.md").write_text(markdown(report))
+            (out / f"{args.json_name}.json").write_text(json.dumps(report, indent=1))  # after each package
+    (out / f"{args.json_name}.json").write_text(json.dumps(report, indent=1))
+    (out / f"{args.json_name}.md").write_text(markdown(report))
     print(markdown(report))
 
 
