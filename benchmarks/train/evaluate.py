@@ -239,6 +239,11 @@ def point_maps(gt: list, preds: dict) -> dict:
     return out
 
 
+def _f(value: float | None, spec: str = ".4f") -> str:
+    """A number for the table; n/a where a part has no images (e.g. no tree tiles under --limit)."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def markdown(report: dict) -> str:
     lines = [f"Test split: {report['images']} images ({report['images_digits']} digits, {report['images_trees']} tree "
              f"tiles); deployment threshold {report['confidence']}; bootstrap {report['resamples']} resamples over images "
@@ -252,8 +257,8 @@ def markdown(report: dict) -> str:
             lines.append(
                 f"| {name} | {v} | {m['all'][v]['map_50_95']:.4f} ({b['ci95'][0]:.4f}-{b['ci95'][1]:.4f}) | "
                 f"{m['all'][v]['map_50_95'] - m['all']['exact']['map_50_95']:+.4f} ({b['diff_ci95'][0]:+.4f} to "
-                f"{b['diff_ci95'][1]:+.4f}) | {m['all'][v]['map_50']:.4f} | {m['digits'][v]['map_50_95']:.4f} | "
-                f"{m['trees'][v]['map_50_95']:.4f} | {100 * s['changed_share']:.1f} % | {100 * s['gained_or_lost_share']:.1f} % | "
+                f"{b['diff_ci95'][1]:+.4f}) | {m['all'][v]['map_50']:.4f} | {_f(m['digits'][v]['map_50_95'])} | "
+                f"{_f(m['trees'][v]['map_50_95'])} | {100 * s['changed_share']:.1f} % | {100 * s['gained_or_lost_share']:.1f} % | "
                 f"{s['max_conf_delta']:.4f} | {s['max_abs_input_diff']:.4f} |")
         for v, note in r["notes"].items():
             lines.append(f"\n{name} {v}: {note}")
