@@ -18,7 +18,9 @@ Untrained RF-DETR Nano package (torch weights, stretch, RESOLUTION), built here.
 8. inference-models 0.39's torch model on the same package and bytes, default and
    optimize_for_inference(compile=True) at batch 8, when it imports and time allows.
 
-Usage (device): python3 benchmarks/engine_device.py   (env: RESOLUTION=384 BUCKETS=1,8,32 BUDGET_S=420)
+Usage (device): python3 benchmarks/engine_device.py   (env: RESOLUTION=384 BUCKETS=1,8,32 BUDGET_S=420;
+SKIP=warm_start,drift,fixed_identity,nvjpeg,fixed_policy_fps,compiled_float32,compiled_float16,inference_models
+leaves those steps out)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -50,6 +53,7 @@ from rfpipe.tools.bench import plot_engine  # noqa: E402
 RESOLUTION = int(os.environ.get("RESOLUTION", 384))
 BUCKETS = tuple(int(b) for b in os.environ.get("BUCKETS", "1,8,32").split(","))
 BUDGET_S = float(os.environ.get("BUDGET_S", 420))  # optional steps are skipped past this
+SKIP = set(filter(None, os.environ.get("SKIP", "").split(",")))  # steps left out: warm_start, drift, fixed_identity, ...
 SMOKE = os.environ.get("SMOKE") == "1"  # tiny counts and float32 only, to check the script on a CPU
 FAST_DTYPE = "float32" if SMOKE else "bfloat16"
 DRIFT_DTYPES = ("tf32",) if SMOKE else ("tf32", "bfloat16", "float16")
@@ -297,6 +301,10 @@ def inference_models_fps(package: Path, encoded: list[bytes], batch: int, second
 
 
 def optional(name: str, need_s: float, fn, *args, **kwargs):
+    if name in SKIP or re.sub(r"_b\d+$", "", name) in SKIP:  # nvjpeg_b8 is left out by "nvjpeg"
+        REPORT["skipped"][name] = "left out (SKIP)"
+        log(f"skip {name}: left out (SKIP)")
+        return None
     if elapsed() + need_s > BUDGET_S:
         REPORT["skipped"][name] = f"time budget: {elapsed():.0f} s spent, {need_s:.0f} s needed, budget {BUDGET_S:.0f}"
         log(f"skip {name}: {REPORT['skipped'][name]}")
@@ -358,15 +366,18 @@ def main() -> None:
 
     frames = distinct_frames(8 if SMOKE else 64)
     drift_batch = BUCKETS[len(BUCKETS) // 2]
-    REPORT["drift_vs_eager_fp32"] = {"compiled_bf16": drift(eager32, fast, frames[:32], drift_batch)}
-    for dtype in DRIFT_DTYPES:
-        other = eager_bf16 if dtype == "bfloat16" else rfpipe.Detector.load(package, device=DEVICE, backend="torch",
-                                                                            dtype=dtype, compile="none")
-        REPORT["drift_vs_eager_fp32"][f"eager_{dtype}"] = drift(eager32, other, frames[:32], drift_batch)
-    log(f"drift: {REPORT['drift_vs_eager_fp32']}")
+    REPORT["drift_vs_eager_fp32"] = {}
+    if "drift" not in SKIP:
+        REPORT["drift_vs_eager_fp32"]["compiled_bf16"] = drift(eager32, fast, frames[:32], drift_batch)
+        for dtype in DRIFT_DTYPES:
+            other = eager_bf16 if dtype == "bfloat16" else rfpipe.Detector.load(package, device=DEVICE, backend="torch",
+                                                                                dtype=dtype, compile="none")
+            REPORT["drift_vs_eager_fp32"][f"eager_{dtype}"] = drift(eager32, other, frames[:32], drift_batch)
+        log(f"drift: {REPORT['drift_vs_eager_fp32']}")
 
-    REPORT["fixed_policy"] = fixed_identity(fast, frames if not SMOKE else frames[:3], drift_batch)
-    log(f"fixed policy: {REPORT['fixed_policy']}")
+    if "fixed_identity" not in SKIP:
+        REPORT["fixed_policy"] = fixed_identity(fast, frames if not SMOKE else frames[:3], drift_batch)
+        log(f"fixed policy: {REPORT['fixed_policy']}")
 
     rows = []
     for max_batch in BUCKETS:

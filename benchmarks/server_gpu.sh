@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Server load on a GPU machine (the device tool). Steps, in the order given (default: engine):
-#   engine   one GPU, the issue's table in one run (about 7 min): concurrency 1/8/64/256 on the eager
+#   engine   one GPU, the issue's table in one run (about 8 min): concurrency 1/8/64/256 on the eager
 #            path (no --compile) against the engine's compiled forward in float32 and in bfloat16
-#            (--compile auto, --max-batch 64), then --batch-policy fixed --max-batch 64 --check (64 concurrent
+#            (--compile auto, --max-batch 64, --buckets 1,8,64), then --batch-policy fixed --max-batch 64 --check (64 concurrent
 #            clients' answers against each image alone: bit-identical expected). JSON per row in $OUT.
 #   levels   one GPU: concurrency 1/8/64, correctness under load (--check), batching gain vs --max-batch 1
 #   fp32     one GPU, TF32 off (NVIDIA_TF32_OVERRIDE=0): correctness under load and its batching gain
@@ -32,12 +32,15 @@ E="python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 
 for step in $steps; do
   case $step in
     engine) timeout 100 $E --device cuda:0 --max-batch 16 --json "$OUT/engine_eager.json" 2>&1 | log
-            timeout 130 $E --device cuda:0 --max-batch 64 --server-arg=--compile=auto --server-arg=--dtype=float32 \
-              --json "$OUT/engine_compiled_fp32.json" 2>&1 | log
-            timeout 130 $E --device cuda:0 --max-batch 64 --server-arg=--compile=auto --server-arg=--dtype=bfloat16 \
-              --json "$OUT/engine_compiled_bf16.json" 2>&1 | log
-            timeout 90 python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 720 --device cuda:0 \
-              --max-batch 64 --server-arg=--batch-policy=fixed --server-arg=--compile=auto --concurrency 64 \
+            # Compiled: three buckets (each compile is about 30 s on an H200), the largest the max batch.
+            timeout 200 $E --device cuda:0 --max-batch 64 --server-arg=--compile=auto --server-arg=--dtype=float32 \
+              --server-arg=--buckets=1,8,64 --json "$OUT/engine_compiled_fp32.json" 2>&1 | log
+            timeout 200 $E --device cuda:0 --max-batch 64 --server-arg=--compile=auto --server-arg=--dtype=bfloat16 \
+              --server-arg=--buckets=1,8,64 --json "$OUT/engine_compiled_bf16.json" 2>&1 | log
+            # fixed pads every batch to 64 rows: one bucket
+            timeout 120 python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 720 --device cuda:0 \
+              --max-batch 64 --server-arg=--batch-policy=fixed --server-arg=--compile=auto --server-arg=--buckets=64 \
+              --server-arg=--dtype=bfloat16 --concurrency 64 \
               --requests 1000 --cap-s 8 --check --json "$OUT/engine_fixed_check.json" 2>&1 | log ;;
     levels) timeout 300 $B --device cuda:0 --concurrency 1,8,64 --requests 400 --cap-s 15 --check \
               --compare-max-batch 1 --json "$OUT/levels.json" 2>&1 | log ;;

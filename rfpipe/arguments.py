@@ -46,11 +46,49 @@ def add_model_options(parser: argparse.ArgumentParser, *, several_devices: bool 
                             help="torch backend: compile the forward with CUDA graphs per batch bucket "
                                  "(auto: on CUDA when Triton works, else eager)")
         parser.add_argument("--max-batch", type=int, help="the largest batch: frames per engine batch, and the torch backend's largest compiled bucket (default 8)")
+        add_buckets(parser)
+
+
+def parse_buckets(text: str) -> tuple[int, ...]:
+    """'1,8,32' -> (1, 8, 32): the batch sizes `--buckets` compiles, sorted, each at least 1.
+
+    >>> parse_buckets("32, 1,8")
+    (1, 8, 32)
+    """
+    try:
+        sizes = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        sizes = []
+    if not sizes or sizes[0] < 1:
+        raise argparse.ArgumentTypeError(f"--buckets takes a comma list of batch sizes >= 1, such as 1,8,32; got {text!r}")
+    return tuple(sizes)
+
+
+def add_buckets(parser: argparse.ArgumentParser) -> None:
+    """`--buckets`: the batch sizes the compiled forward is built for, instead of every power of two."""
+    parser.add_argument("--buckets", type=parse_buckets,
+                        help="with --compile: the batch sizes compiled, a comma list such as 1,8,32 whose largest "
+                             "is --max-batch (default: the powers of two up to --max-batch; each costs a compile "
+                             "at start, and a batch runs padded up to the next bucket)")
+
+
+def check_buckets(buckets: tuple[int, ...] | None, max_batch: int | None) -> None:
+    """A `ValueError` unless the largest of `buckets` is `max_batch` (the engine's batch limit).
+
+    >>> check_buckets((1, 8), 16)
+    Traceback (most recent call last):
+    ValueError: the largest of --buckets (8) must be --max-batch (16)
+    """
+    if buckets and max_batch is not None and buckets[-1] != max_batch:
+        raise ValueError(f"the largest of --buckets ({buckets[-1]}) must be --max-batch ({max_batch})")
 
 
 def backend_options(args: argparse.Namespace) -> dict[str, object]:
     """The `Detector.load` keyword options the model flags ask for (none when left at their default)."""
-    options = {name: getattr(args, name, None) for name in ("dtype", "compile", "max_batch")}
+    options = {name: getattr(args, name, None) for name in ("dtype", "compile", "max_batch", "buckets")}
+    if options["buckets"]:
+        check_buckets(options["buckets"], options["max_batch"] or options["buckets"][-1])
+        options["max_batch"] = options["buckets"][-1]
     return {name: value for name, value in options.items() if value is not None}
 
 

@@ -97,6 +97,28 @@ def _per_image_rows(metadata: Sequence[PreprocessMetadata], device: torch.device
     return tuple(rows.unbind(0))
 
 
+def _to_host(scores: torch.Tensor, class_id: torch.Tensor, xyxy: torch.Tensor,
+             keep: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The fixed-shape rows on the CPU in one device -> host copy (one wait for the GPU, not four).
+
+    The float32 scores travel as their int32 bit patterns beside the int32 boxes, class ids and
+    keep flags, so every value arrives bit for bit. On the CPU (or with other score dtypes) the
+    tensors are returned as they are.
+    """
+    if scores.device.type == "cpu" or scores.dtype != torch.float32:
+        return tuple(t.cpu() for t in (scores, class_id, xyxy, keep))
+    return _copy_packed(scores, class_id, xyxy, keep)
+
+
+def _copy_packed(scores: torch.Tensor, class_id: torch.Tensor, xyxy: torch.Tensor,
+                 keep: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`_to_host`'s one copy: [B, Q] float32 scores, int64 class ids, bool keep and [B, Q, 4] int32 boxes."""
+    packed = torch.cat([scores.view(torch.int32).unsqueeze(-1), class_id.to(torch.int32).unsqueeze(-1),
+                        xyxy, keep.to(torch.int32).unsqueeze(-1)], dim=-1).cpu()  # [B, Q, 7]
+    return (packed[..., 0].contiguous().view(torch.float32), packed[..., 1].to(torch.int64),
+            packed[..., 2:6], packed[..., 6].bool())
+
+
 def postprocess(
     logits: torch.Tensor,
     boxes: torch.Tensor,
@@ -155,8 +177,7 @@ def postprocess(
     xyxy = torch.minimum(torch.maximum(xyxy, torch.zeros_like(maxima)), maxima)
     xyxy = xyxy.round().to(torch.int32)
 
-    # One device -> host copy of the fixed-shape rows; the variable-length part runs on the CPU.
-    scores, class_id, xyxy, keep = (t.cpu() for t in (scores, class_id, xyxy, keep))
+    scores, class_id, xyxy, keep = _to_host(scores, class_id, xyxy, keep)
     results = []
     for i in range(batch):
         row = keep[i]

@@ -183,3 +183,16 @@ def test_a_checkpoint_and_its_exported_package_have_one_config(packages, tmp_pat
                   "color_mode"):
         assert getattr(direct, field) == getattr(packaged, field), field
     assert list(direct.class_names) == list(packaged.class_names)
+
+
+def test_the_buckets_flag_sets_the_largest_batch_and_is_checked():
+    import argparse
+
+    from rfpipe.arguments import add_model_options, backend_options
+
+    parser = argparse.ArgumentParser()
+    add_model_options(parser, compile_options=True)
+    options = backend_options(parser.parse_args(["--compile", "auto", "--buckets", "8,1,32"]))
+    assert options == {"compile": "auto", "max_batch": 32, "buckets": (1, 8, 32)}
+    with pytest.raises(ValueError, match=r"the largest of --buckets \(32\) must be --max-batch \(64\)"):
+        backend_options(parser.parse_args(["--buckets", "1,32", "--max-batch", "64"]))

@@ -87,8 +87,10 @@ def test_compiled_stays_within_the_measured_drift_of_eager(compiled, packages, p
     x, _ = eager.preprocess(_frames(photos, BUCKET))
     want, got = eager.forward(x), compiled.forward(x)
     assert got[0].shape == want[0].shape and got[1].shape == want[1].shape
-    assert (got[0] - want[0]).abs().max().item() <= MAX_LOGIT_DRIFT_VS_EAGER_BF16
-    assert (got[1] - want[1]).abs().max().item() <= 0.05
+    logit_drift, box_drift = (got[0] - want[0]).abs().max().item(), (got[1] - want[1]).abs().max().item()
+    print(f"DRIFT compiled vs eager bfloat16: logits {logit_drift:.6g} boxes {box_drift:.6g}")  # shown with -rP
+    assert logit_drift <= MAX_LOGIT_DRIFT_VS_EAGER_BF16
+    assert box_drift <= 0.05
 
 
 def test_a_second_process_finds_the_compiled_code_in_the_cache(compiled, packages, cache_dir):  # noqa: F811

@@ -235,3 +235,19 @@ def test_options_after_config_are_keyword_only():
     with pytest.raises(TypeError):
         rfpipe.ModelConfig.from_dict(make_raw_config(size=(100, 50)), ["a", "b"])
     assert len(rfpipe.postprocess(logits, boxes, meta, config, confidence=0.0)[0]) == 3
+
+
+def test_the_one_device_to_host_copy_keeps_every_value_bit_for_bit():
+    from rfpipe.postprocess import _copy_packed
+
+    generator = torch.Generator().manual_seed(3)
+    scores = torch.rand((3, 300), generator=generator)
+    scores[0, :4] = torch.tensor([0.0, -0.0, float("nan"), 1e-45])  # odd bit patterns survive too
+    class_id = torch.randint(-1, 90, (3, 300), generator=generator)
+    xyxy = torch.randint(-5, 5000, (3, 300, 4), generator=generator, dtype=torch.int32)
+    keep = torch.rand((3, 300), generator=generator) > 0.5
+    got = _copy_packed(scores, class_id, xyxy, keep)
+    for want, have in zip((scores, class_id, xyxy, keep), got, strict=True):
+        assert have.dtype == want.dtype and have.shape == want.shape
+        assert torch.equal(have.view(torch.int32) if want.dtype == torch.float32 else have,
+                           want.view(torch.int32) if want.dtype == torch.float32 else want)

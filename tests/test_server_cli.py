@@ -100,6 +100,18 @@ def test_engine_flags_reach_the_settings_and_the_loader():
         build_parser().parse_args(["m", "--batch-policy", "sometimes"])
 
 
+def test_buckets_reach_the_loader_and_must_end_at_the_max_batch(tmp_path, capsys):
+    args = build_parser().parse_args(["m", "--compile", "auto", "--max-batch", "64", "--buckets", "64,1,8"])
+    assert load_options(args) == {"compile": "auto", "max_batch": 64, "buckets": (1, 8, 64)}
+    for flags, message in ((["--max-batch", "16", "--buckets", "1,8"], "the largest of --buckets (8) must be --max-batch (16)"),
+                           (["--buckets", "1,x"], "--buckets takes a comma list of batch sizes >= 1"),
+                           (["--buckets", "0,8"], "--buckets takes a comma list of batch sizes >= 1")):
+        with pytest.raises(SystemExit) as exit_info:  # refused before any model loads
+            main([str(tmp_path / "missing"), "--device", "cpu", *flags])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
 def test_launch_refuses_bad_process_counts():
     with pytest.raises(ValueError, match="--workers-per-device"):
         Launch("m", workers_per_device=0)

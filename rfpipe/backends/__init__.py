@@ -23,7 +23,7 @@ BACKENDS = {
 # Options every backend accepts at these values (Detector.load passes them to whichever loads):
 # they ask for nothing a backend without compilation or reduced precision would have to do.
 NEUTRAL_OPTIONS: dict[str, tuple[Any, ...]] = {"compile": (None, "none", "auto"), "dtype": (None, "float32"),
-                                                "max_batch": ()}
+                                                "max_batch": (), "buckets": ()}
 
 Outputs = tuple[_torch.Tensor, _torch.Tensor]
 

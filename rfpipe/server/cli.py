@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from rfpipe.arguments import add_buckets, check_buckets
 from rfpipe.devices import default_device
 from rfpipe.engine import BATCH_POLICIES
 from rfpipe.io.decode import DEFAULT_MAX_PIXELS
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "devices[i::N], or one device each when N exceeds the devices; limits such as "
                         "--queue-size apply per process")
     p.add_argument("--max-batch", type=int, default=8, help="images per forward pass (the largest bucket)")
+    add_buckets(p)
     p.add_argument("--batch-policy", choices=BATCH_POLICIES, default="dynamic",
                    help="dynamic: batches run at the size that arrived; fixed: every batch is padded to "
                         "--max-batch, so an answer does not depend on what else arrived (docs/serving.md)")
@@ -88,7 +90,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 def load_options(args: argparse.Namespace) -> dict[str, Any]:
     """What `Detector.load` gets beside the device and backend: only the options given on the command line.
 
-    `--compile` also passes `max_batch` (the largest bucket the engine compiles).
+    `--compile` also passes `max_batch` (the largest bucket the engine compiles) and `--buckets`.
 
     >>> load_options(build_parser().parse_args(["m", "--compile", "auto", "--max-batch", "32"]))
     {'compile': 'auto', 'max_batch': 32}
@@ -98,6 +100,10 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
         options["dtype"] = args.dtype
     if args.compile:
         options["compile"] = args.compile
+        options["max_batch"] = args.max_batch
+    if args.buckets:
+        check_buckets(args.buckets, args.max_batch)
+        options["buckets"] = args.buckets
         options["max_batch"] = args.max_batch
     return options
 
