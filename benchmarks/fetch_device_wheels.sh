@@ -13,7 +13,7 @@ mkdir -p "$DEST"
 plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64"
 specs="rfdetr==1.11.2 pyDeprecate==0.9.0 supervision==0.31.2 defusedxml==0.7.1 pydantic==2.14.4 pydantic-core==2.50.5
 annotated-types==0.8.0 typing-inspection==0.4.5 pycocotools==2.0.11 fastapi==0.163.2 starlette==1.10.0 uvicorn==0.54.0
-python-multipart==0.0.34 opentelemetry-api==1.40.0 orjson==3.13.0 httptools==0.9.0 inference-models==0.39.6
+python-multipart==0.0.34 opentelemetry-api==1.44.0 orjson==3.13.0 httptools==0.9.0 inference-models==0.39.6
 backoff==2.2.1 python-dotenv==1.2.2"
 [ "${WITH_AV:-0}" = 1 ] && specs="$specs av==18.1.0"
 for spec in $specs; do

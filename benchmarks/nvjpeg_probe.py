@@ -60,7 +60,7 @@ def main() -> None:
 
     start = time.perf_counter()
     for data in encoded:
-        checked_header(data, 1 << 30), exif_orientation(data), jpeg_components(data)
+        checked_header(data, max_pixels=1 << 30), exif_orientation(data), jpeg_components(data)
     checks_us = (time.perf_counter() - start) / len(encoded) * 1e6
     report = {
         "device": torch.cuda.get_device_name(0), "batch": args.batch, "images": len(encoded),

@@ -61,6 +61,18 @@ def test_unsynchronized_result_is_ordered_on_the_callers_stream(photos):
     assert torch.equal(doubled.cpu(), expected * 2)
 
 
+def test_calls_inside_and_outside_inference_mode_share_the_runtime(photos):
+    # The runtime's pinned ring and device buffers are made by whichever call comes first; the engine
+    # calls inside inference mode, a user's script outside it. Both orders must work (seen failing).
+    config = make_config(size=(384, 384))
+    images = [photos["rocket"], photos["astronaut"]]
+    expected = rfpipe.preprocess(images, config, implementation="reference")[0]
+    for inside in (True, False, True, False):
+        with torch.inference_mode(inside):
+            batch, _ = rfpipe.preprocess(images, config, device="cuda", implementation="cuda")
+        assert torch.equal(batch.cpu(), expected) and batch.is_inference() == inside
+
+
 def test_outputs_never_alias_and_pinned_frames_upload_directly(photos):
     config = make_config(size=(256, 256))
     frames = [random_image(np.random.default_rng(s), 640, 480) for s in range(3)]

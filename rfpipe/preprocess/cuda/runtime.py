@@ -114,7 +114,11 @@ class Runtime:
         jobs = host.jobs(frames, plans, color_format)  # CPU contrast work happens outside the lock
         caller = torch.cuda.current_stream(self.index)
         shape = host.output_shape(plans)
-        with self.lock:
+        # `out` follows the caller's mode; the runtime's own buffers (the pinned ring, the device
+        # buffer, resident parameters) persist across calls and may have been made inside or outside
+        # inference mode, so every in-place update of them runs inside it, where both kinds take one.
+        out = torch.empty(shape, dtype=torch.float32, device=self.device)
+        with self.lock, torch.inference_mode():
             # torch.cuda.stream() costs tens of microseconds here; set_stream is enough when the
             # caller is on this device (it would otherwise also switch the current device).
             context = None if torch.cuda.current_device() == self.index else torch.cuda.stream(self.stream)
@@ -125,7 +129,6 @@ class Runtime:
             try:
                 while self.keep and self.keep[0][0].query():
                     self.keep.popleft()
-                out = torch.empty(shape, dtype=torch.float32, device=self.device)
                 sources, pixels = host.sources(jobs, self.device, on_gpu, direct=True)
                 plan = self.plan(sources, shape)
                 in_place = [p for s, p in zip(sources, pixels, strict=True) if s.kind == DEVICE]
