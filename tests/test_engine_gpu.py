@@ -22,11 +22,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 BUCKET = 8
-# Not yet measured directly. On an H200 (benchmarks/engine_device.py, 2026-12-01) compiled bfloat16 was
-# 1.77 (logits) / 0.97 (boxes) from eager float32, and eager bfloat16 1.79 / 0.96 from eager float32:
-# both are bf16's own rounding. This bound on compiled vs eager bfloat16 is a guess to be replaced by the
-# measured value; this file has not run on a GPU yet.
-MAX_LOGIT_DRIFT_VS_EAGER_BF16 = 0.25
+# Measured by this test on an H200 (torch 2.11, untrained Nano 320, 8 photos, 2026-12-01): compiled
+# bfloat16 vs eager bfloat16 differ by 1.62 in the logits (inductor fuses ops and rounds to bf16 in
+# other places), as eager bfloat16 differs from eager float32 (1.79, benchmarks/engine_device.py).
+# The bound leaves a quarter on top. Boxes are not bounded: the untrained network's near-tied
+# encoder scores let a query pick another proposal, so a raw box can move across the image (0.96).
+MAX_LOGIT_DRIFT_VS_EAGER_BF16 = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +90,7 @@ def test_compiled_stays_within_the_measured_drift_of_eager(compiled, packages, p
     assert got[0].shape == want[0].shape and got[1].shape == want[1].shape
     logit_drift, box_drift = (got[0] - want[0]).abs().max().item(), (got[1] - want[1]).abs().max().item()
     print(f"DRIFT compiled vs eager bfloat16: logits {logit_drift:.6g} boxes {box_drift:.6g}")  # shown with -rP
-    assert logit_drift <= MAX_LOGIT_DRIFT_VS_EAGER_BF16
-    assert box_drift <= 0.05
+    assert 0 < logit_drift <= MAX_LOGIT_DRIFT_VS_EAGER_BF16  # 0 would mean the compiled path never ran
 
 
 def test_a_second_process_finds_the_compiled_code_in_the_cache(compiled, packages, cache_dir):  # noqa: F811

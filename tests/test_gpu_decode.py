@@ -211,6 +211,26 @@ def test_other_formats_and_declined_jpeg_take_the_cpu_decoder(photo):
     assert isinstance(decode_for_device(jpeg_with_orientation(photo, 3), "cpu"), torch.Tensor)
 
 
+def test_batch_decode_sends_every_jpeg_to_the_device_decoder_and_the_rest_to_opencv(photo):
+    # The engine's gpu_decode path (rfpipe.io.pool): JPEG items must reach torchvision's decoder
+    # (tensors back); it once sent every item to OpenCV because its header check raised a TypeError.
+    from rfpipe.io.errors import DecodeError
+    from rfpipe.io.pool import decode_batch_on_device
+
+    jpegs = [jpeg_with_orientation(photo, orientation) for orientation in (1, 6, 3)]
+    png = cv2.imencode(".png", photo)[1].tobytes()
+    pixels = photo.shape[0] * photo.shape[1]
+    items = [*jpegs, png, jpegs[0][: len(jpegs[0]) // 2], b"not an image"]
+    results = decode_batch_on_device(items, "cpu")
+    for data, frame in zip(jpegs, results[:3], strict=True):
+        assert isinstance(frame, torch.Tensor) and tuple(frame.shape) == _cv2(data).shape
+        assert _mean_abs_diff(frame.numpy(), _cv2(data)) < 1.0
+    assert isinstance(results[3], np.ndarray) and np.array_equal(results[3], decode_image(png))
+    assert all(isinstance(error, DecodeError) for error in results[4:])
+    limited = decode_batch_on_device(jpegs[:1], "cpu", max_pixels=pixels - 1)
+    assert isinstance(limited[0], ImageTooLargeError)
+
+
 def test_cmyk_and_grey_jpeg(photo):
     grey = cv2.imencode(".jpg", cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY))[1].tobytes()
     assert jpeg_components(grey) == 1

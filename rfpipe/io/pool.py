@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from rfpipe.io.decode import DEFAULT_MAX_PIXELS, decode_image
+from rfpipe.io.errors import DecodeError
 
 logger = logging.getLogger("rfpipe.io")
 
@@ -59,11 +60,11 @@ def decode_batch_on_device(items: Sequence[bytes | bytearray | memoryview], devi
     for i, data in enumerate(items):
         data = bytes(data)
         try:
-            header = checked_header(data, max_pixels)
+            header = checked_header(data, max_pixels=max_pixels)
             if header.format != "jpeg" or not data.endswith(b"\xff\xd9") or jpeg_components(data) not in (1, 3):
                 raise gpu.DeviceDecodeDeclined("not a baseline colour or grey JPEG")
             orientation = exif_orientation(data)
-        except Exception:  # declined or refused: OpenCV decides, with its own errors
+        except (DecodeError, gpu.DeviceDecodeDeclined):  # declined or refused: OpenCV decides, with its own errors
             results[i] = _cpu(data, max_pixels)
             continue
         expected = (header.width, header.height) if orientation >= 5 else (header.height, header.width)
