@@ -2,6 +2,8 @@
 # The trained RF-DETR Nano on the GPU machine, in two device commands (see README.md beside this file):
 #   bash benchmarks/train/run_device.sh train   # dataset + ~6 min training + weight parts, curve, val mAP -> $OUT
 #   bash benchmarks/train/run_device.sh check   # parts in .carry/train/parts -> packages -> mAP check -> $OUT
+#     (issued within the device's 30 s warm window after `train`, it uses that machine's own checkpoint:
+#     the weight parts are only needed on a fresh machine, and they do not outlive a session's checkout)
 # Material is read from .carry/train (benchmarks/train/fetch_material.sh), wheels from .carry/train/whl
 # or .whl (benchmarks/train/fetch_wheels.sh). Toy-scale knobs: MATERIAL, PARTS, TRAIN_IMAGES, VAL_IMAGES, TEST_IMAGES,
 # TRAIN_ARGS, EVAL_ARGS (extra flags of train.py / evaluate.py). TRAIN_SECONDS (default 360) bounds training; it also stops by
@@ -39,9 +41,17 @@ print('parts:', ', '.join(f'{p.name} {p.stat().st_size}' for p in paths))
 pack.write_packages('/tmp/run/checkpoint.pth', '/tmp/pkg', onnx=False)" 2>&1 | log
     echo "done at $(( $(date +%s) - START )) s" ;;
   check)
-    python3 -c "
+    if [ -z "${PARTS:-}" ] && [ -f /tmp/run/checkpoint.pth ] && [ ! -d .carry/train/parts ]; then
+      # The machine is still warm from the train step: its checkpoint is here, no parts to carry.
+      echo "using /tmp/run/checkpoint.pth from the train step on this machine"
+      cp /tmp/run/checkpoint.pth /tmp/checkpoint.pth
+    else
+      python3 -c "
 import sys, torch; sys.path.insert(0, 'benchmarks/train'); import pack
-torch.save(pack.unpack('${PARTS:-.carry/train/parts}'), '/tmp/checkpoint.pth')
+torch.save(pack.unpack('${PARTS:-.carry/train/parts}'), '/tmp/checkpoint.pth')" 2>&1 | log
+    fi
+    [ -d /tmp/pkg ] || python3 -c "
+import sys; sys.path.insert(0, 'benchmarks/train'); import pack
 pack.write_packages('/tmp/checkpoint.pth', '/tmp/pkg', onnx=False)" 2>&1 | log
     python3 -c "
 import sys; sys.path.insert(0, 'benchmarks/train'); import dataset
