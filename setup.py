@@ -10,8 +10,8 @@ setup(
             extra_compile_args=["-O3", "-std=c11"],
         ),
         Extension(
-            "rfpipe.server._base64",
-            sources=["rfpipe/server/_base64.c"],
+            "rfpipe.io._base64",
+            sources=["rfpipe/io/_base64.c"],
             extra_compile_args=["-O3", "-std=c11"],
         ),
     ]

@@ -9,7 +9,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rfpipe.server import _base64
+from rfpipe.io import _base64
 from rfpipe.server.errors import ApiError
 from rfpipe.server.payloads import decode_base64
 

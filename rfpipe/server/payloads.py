@@ -20,7 +20,7 @@ from collections.abc import Callable
 import certifi
 import urllib3
 
-from rfpipe.server import _base64
+from rfpipe.io import _base64
 from rfpipe.server.errors import ApiError
 
 _DATA_URI = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,")

@@ -1,4 +1,4 @@
-/* Strict base64 decoding without the GIL, for the server's request images.
+/* Strict base64 decoding without the GIL, for the server's request images (rfpipe.server.payloads).
  *
  * binascii.a2b_base64 holds the GIL for the whole decode (~250 us for 130 KB of base64 on the
  * 2-core CI machine), so the decode threads serialise with the event loop on it. This loop does the
