@@ -1,4 +1,4 @@
-"""Build the exact CPU kernels (a small C extension); everything else is in pyproject.toml."""
+"""Build the C extensions (the exact CPU kernels, the server's GIL-free base64); everything else is in pyproject.toml."""
 
 from setuptools import Extension, setup
 
@@ -8,6 +8,11 @@ setup(
             "rfpipe.preprocess.kernels._resample",
             sources=["rfpipe/preprocess/kernels/_resample.c"],
             extra_compile_args=["-O3", "-std=c11"],
-        )
+        ),
+        Extension(
+            "rfpipe.io._base64",
+            sources=["rfpipe/io/_base64.c"],
+            extra_compile_args=["-O3", "-std=c11"],
+        ),
     ]
 )

@@ -8,7 +8,7 @@ inference server.
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,6 +17,26 @@ import numpy as np
 
 if TYPE_CHECKING:
     import supervision
+
+
+def _uuid4_strings(count: int) -> list[str]:
+    """`count` random version-4 UUIDs as `str(uuid.uuid4())` writes them, from one `os.urandom` call.
+
+    `uuid.uuid4()` reads the OS's random source and builds a UUID object per id (~2 us each, under the
+    GIL, on the server's event loop); one read and one hex string for all ids cost a quarter of that.
+
+    >>> import uuid
+    >>> [uuid.UUID(u).version for u in _uuid4_strings(2)], len(_uuid4_strings(3)[0])
+    ([4, 4], 36)
+    """
+    if count == 0:
+        return []
+    raw = bytearray(os.urandom(16 * count))
+    raw[6::16] = bytes(b & 0x0F | 0x40 for b in raw[6::16])  # version 4
+    raw[8::16] = bytes(b & 0x3F | 0x80 for b in raw[8::16])  # variant RFC 4122
+    h = raw.hex()
+    return [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
+            for i in range(0, 32 * count, 32)]
 
 
 def _array(value: Any, name: str, kind: str, dtype: type, shape: str) -> np.ndarray:
@@ -161,8 +181,9 @@ class Detections:
         20.0
         """
         predictions = []
-        for (x0, y0, x1, y1), score, class_id, name in zip(
-            self.xyxy.tolist(), self.confidence.tolist(), self.class_id.tolist(), self.class_name, strict=True
+        for (x0, y0, x1, y1), score, class_id, name, detection_id in zip(
+            self.xyxy.tolist(), self.confidence.tolist(), self.class_id.tolist(), self.class_name,
+            _uuid4_strings(len(self.class_name)), strict=True
         ):
             predictions.append(
                 {
@@ -173,7 +194,7 @@ class Detections:
                     "confidence": score,
                     "class": name,
                     "class_id": class_id,
-                    "detection_id": str(uuid.uuid4()),
+                    "detection_id": detection_id,
                 }
             )
         return predictions

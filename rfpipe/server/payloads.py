@@ -20,6 +20,7 @@ from collections.abc import Callable
 import certifi
 import urllib3
 
+from rfpipe.io import _base64
 from rfpipe.server.errors import ApiError
 
 _DATA_URI = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,")
@@ -50,6 +51,13 @@ def decode_base64(text: str | bytes, where: str) -> bytes:
             raise ApiError(400, "invalid_base64", f"{where}: base64 text has a non-ASCII character") from error
     else:
         raw = re.sub(rb"^data:image/[a-zA-Z0-9.+-]+;base64,", b"", text, count=1)
+    # Clients rarely wrap their base64, and stripping whitespace scans and copies the text under the
+    # GIL (~1 ms for 130 KB): canonical base64 is decoded first, with the GIL released (`_base64.c`).
+    # It has no whitespace, so its bytes are the answer the stripped text gives; anything else (None)
+    # takes the full path, where binascii decides and names the problem.
+    decoded = _base64.decode(raw)
+    if decoded is not None:
+        return decoded
     raw = _WHITESPACE.sub(b"", raw)
     if not raw:
         raise ApiError(400, "empty_image", f"{where}: empty image (no base64 data)")

@@ -22,7 +22,7 @@ import torch
 
 from rfpipe.engine import EngineClosed
 from rfpipe.geometry import Overrides
-from rfpipe.io.decode import DecodeError, decode_image, read_header
+from rfpipe.io.decode import DecodeError, decode, read_header
 from rfpipe.io.gpu import check_device_decoder, decode_for_device
 from rfpipe.server.batching import Batcher, QueueFull
 from rfpipe.server.errors import ApiError, from_decode_error
@@ -200,13 +200,15 @@ class Pipeline:
         data = source() if callable(source) else source
         try:
             if self.decode_device is not None:  # a GPU tensor for JPEG the device decoder takes, else OpenCV's frame
-                frame = decode_for_device(data, self.decode_device, auto_orient, s.max_pixels)
-            else:
-                frame = decode_image(data, auto_orient=auto_orient, max_pixels=s.max_pixels)
+                frame, image_format = decode_for_device(data, self.decode_device, auto_orient, s.max_pixels), None
+            else:  # the header decode() checked names the format (no second header parse under the GIL)
+                frame, header = decode(data, auto_orient=auto_orient, max_pixels=s.max_pixels)
+                image_format = header.format
         except DecodeError as error:
             raise from_decode_error(error, where) from error
+        image_format = image_format or read_header(data).format
         on_device = isinstance(frame, torch.Tensor)
-        self.metrics.decodes.labels("torchvision" if on_device else "opencv", read_header(data).format).inc()
+        self.metrics.decodes.labels("torchvision" if on_device else "opencv", image_format).inc()
         self.metrics.stage.labels("decode").observe(time.perf_counter() - started)
         if on_device or not self.pin_frames:
             return frame, frame
