@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Server load on a GPU machine (the device tool). Steps, in the order given (default: engine):
-#   engine   one GPU, the issue's table in one run (about 8 min): concurrency 1/8/64/256 on the eager
-#            path (no --compile) against the engine's compiled forward in float32 and in bfloat16
-#            (--compile auto, --max-batch 64, --buckets 1,8,64), then --batch-policy fixed --max-batch 64 --check (64 concurrent
-#            clients' answers against each image alone: bit-identical expected). JSON per row in $OUT.
+#   engine   one GPU (about 8 min cold): concurrency 1/8/64/256 on the eager path (no --compile) against
+#            the engine's compiled bfloat16 forward (--compile auto, --max-batch 64, --buckets 1,8,64), then
+#            --batch-policy fixed --max-batch 64 --check (64 concurrent clients' answers against each image
+#            alone: bit-identical expected). JSON per row in $OUT.
+#   engine2  one GPU, the same machine right after `engine` (about 8 min): compiled float32 at 1/8/64/256,
+#            and compiled bfloat16 with --processes 4 and 8 at concurrency 64/256
 #   levels   one GPU: concurrency 1/8/64, correctness under load (--check), batching gain vs --max-batch 1
 #   fp32     one GPU, TF32 off (NVIDIA_TF32_OVERRIDE=0): correctness under load and its batching gain
 #   soak     one GPU: 10,000 requests, resident memory after each 1000
@@ -32,16 +34,25 @@ E="python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 
 for step in $steps; do
   case $step in
     engine) timeout 100 $E --device cuda:0 --max-batch 16 --json "$OUT/engine_eager.json" 2>&1 | log
-            # Compiled: three buckets (each compile is about 30 s on an H200), the largest the max batch.
-            timeout 200 $E --device cuda:0 --max-batch 64 --server-arg=--compile=auto --server-arg=--dtype=float32 \
-              --server-arg=--buckets=1,8,64 --json "$OUT/engine_compiled_fp32.json" 2>&1 | log
-            timeout 200 $E --device cuda:0 --max-batch 64 --server-arg=--compile=auto --server-arg=--dtype=bfloat16 \
+            # Compiled: three buckets, the largest the max batch (cold, each compile is 25-40 s on an H200;
+            # with the compile cache of an earlier start 4-6 s). 200 s was too short cold (2026-12-01).
+            timeout 300 $E --device cuda:0 --max-batch 64 --server-arg=--compile=auto --server-arg=--dtype=bfloat16 \
               --server-arg=--buckets=1,8,64 --json "$OUT/engine_compiled_bf16.json" 2>&1 | log
-            # fixed pads every batch to 64 rows: one bucket
+            # fixed pads every batch to 64 rows: one bucket (in the cache from the row above)
             timeout 120 python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 720 --device cuda:0 \
               --max-batch 64 --server-arg=--batch-policy=fixed --server-arg=--compile=auto --server-arg=--buckets=64 \
               --server-arg=--dtype=bfloat16 --concurrency 64 \
               --requests 1000 --cap-s 8 --check --json "$OUT/engine_fixed_check.json" 2>&1 | log ;;
+    engine2) # the rest of the table: compiled float32, and several processes on the one GPU (each its own
+             # event loop, GIL and engine; they share the compile cache)
+            timeout 300 $E --device cuda:0 --max-batch 64 --server-arg=--compile=auto --server-arg=--dtype=float32 \
+              --server-arg=--buckets=1,8,64 --json "$OUT/engine_compiled_fp32.json" 2>&1 | log
+            for n in 4 8; do
+              timeout 200 python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 720 --device cuda:0 \
+                --max-batch 64 --server-arg=--compile=auto --server-arg=--dtype=bfloat16 --server-arg=--buckets=1,8,64 \
+                --server-arg=--processes=$n --concurrency 64,256 --requests 4000 --cap-s 8 \
+                --json "$OUT/engine_processes$n.json" 2>&1 | log
+            done ;;
     levels) timeout 300 $B --device cuda:0 --concurrency 1,8,64 --requests 400 --cap-s 15 --check \
               --compare-max-batch 1 --json "$OUT/levels.json" 2>&1 | log ;;
     fp32) NVIDIA_TF32_OVERRIDE=0 timeout 200 $B --device cuda:0 --concurrency 64 --requests 400 --cap-s 15 --check \
