@@ -150,6 +150,28 @@ def test_a_client_that_disconnects_while_queued_frees_its_slot_at_once():
         assert _metric(url, "rfpipe_queue_depth") == 0.0
 
 
+def test_a_timed_out_request_leaves_no_asyncio_error_in_the_log(caplog):
+    # The cancelled images' CancelledError once stayed on the request's gather, and asyncio logged
+    # "_GatheringFuture exception was never retrieved" for every timed-out or shut-down request.
+    import gc
+    import logging
+
+    detector = GatedDetector(make_config(size=(48, 40)))
+    frame = random_image(np.random.default_rng(9), 40, 40)
+    settings = ServerSettings(model_id=MODEL, max_batch=2, max_wait_ms=0.0, queue_size=8, request_timeout_s=0.5)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        with live_server(create_app([detector], settings)) as url:
+            detector.armed = True
+            body = _body(frame)
+            body["image"] = [body["image"]] * 3
+            answer = requests.post(f"{url}/infer/object_detection", json=body, timeout=30)
+            assert answer.status_code == 504, answer.text
+            detector.gate.set()
+            time.sleep(0.3)
+        gc.collect()
+    assert [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()] == []
+
+
 # -- slowloris --------------------------------------------------------------------------------------
 
 

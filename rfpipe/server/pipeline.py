@@ -253,6 +253,9 @@ class Pipeline:
         for task in tasks:  # a second failure (or one after a timeout) is not logged as "never retrieved"
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
         gathered = asyncio.gather(*tasks)
+        # When the request itself is cancelled (shutdown past the drain timeout, a timeout), the cancelled
+        # images leave their CancelledError on the gather; retrieve it so asyncio does not log it as an error.
+        gathered.add_done_callback(lambda g: g.cancelled() or g.exception())
         if watcher is None:
             return await gathered
         done, _ = await asyncio.wait({gathered, watcher}, return_when=asyncio.FIRST_COMPLETED)
