@@ -53,7 +53,7 @@ from rfpipe.tools.bench import plot_engine  # noqa: E402
 RESOLUTION = int(os.environ.get("RESOLUTION", 384))
 BUCKETS = tuple(int(b) for b in os.environ.get("BUCKETS", "1,8,32").split(","))
 BUDGET_S = float(os.environ.get("BUDGET_S", 420))  # optional steps are skipped past this
-SKIP = set(filter(None, os.environ.get("SKIP", "").split(",")))  # steps left out: warm_start, drift, fixed_identity, ...
+SKIP = {name.strip() for name in os.environ.get("SKIP", "").split(",") if name.strip()}  # steps left out: warm_start, drift, fixed_identity, ...
 SMOKE = os.environ.get("SMOKE") == "1"  # tiny counts and float32 only, to check the script on a CPU
 FAST_DTYPE = "float32" if SMOKE else "bfloat16"
 DRIFT_DTYPES = ("tf32",) if SMOKE else ("tf32", "bfloat16", "float16")

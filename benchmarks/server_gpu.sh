@@ -27,59 +27,61 @@ export PYTHONPATH="${SITE:-/tmp/site}:$PWD"
 [ -f /tmp/m/checkpoint.pth ] || python3 -c "from rfpipe.testing.untrained import build_checkpoint; build_checkpoint('/tmp/m/checkpoint.pth')"
 B="python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 720 --max-batch 16"
 # Output lines go to stdout only (the device returns at most 8 files); each step writes its JSON to $OUT.
+# SIGINT (KeyboardInterrupt) lets server_load.py stop the server it started; SIGTERM would orphan it.
+T="timeout --signal=INT -k 30"
 log() { grep --line-buffered -v -E "UserWarning|FutureWarning|DeprecationWarning|warnings.warn"; }
 gpus=$(python3 -c 'import torch; print(torch.cuda.device_count())')
 steps=${*:-engine}
 E="python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 720 --concurrency 1,8,64,256 --requests 3000 --cap-s 8"
 for step in $steps; do
   case $step in
-    engine) timeout 100 $E --device cuda:0 --max-batch 16 --json "$OUT/engine_eager.json" 2>&1 | log
+    engine) $T 100 $E --device cuda:0 --max-batch 16 --json "$OUT/engine_eager.json" 2>&1 | log
             # Compiled: three buckets, the largest the max batch (cold, each compile is 25-40 s on an H200;
             # with the compile cache of an earlier start 4-6 s). 200 s was too short cold (2026-12-01).
-            timeout 300 $E --device cuda:0 --max-batch 64 --server-arg=--compile=auto --server-arg=--dtype=bfloat16 \
+            $T 300 $E --device cuda:0 --max-batch 64 --server-arg=--compile=auto --server-arg=--dtype=bfloat16 \
               --server-arg=--buckets=1,8,64 --json "$OUT/engine_compiled_bf16.json" 2>&1 | log
             # fixed pads every batch to 64 rows: one bucket (in the cache from the row above)
-            timeout 120 python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 720 --device cuda:0 \
+            $T 120 python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 720 --device cuda:0 \
               --max-batch 64 --server-arg=--batch-policy=fixed --server-arg=--compile=auto --server-arg=--buckets=64 \
               --server-arg=--dtype=bfloat16 --concurrency 64 \
               --requests 1000 --cap-s 8 --check --json "$OUT/engine_fixed_check.json" 2>&1 | log ;;
     engine2) # the rest of the table: compiled float32, and several processes on the one GPU (each its own
              # event loop, GIL and engine; they share the compile cache)
-            timeout 300 $E --device cuda:0 --max-batch 64 --server-arg=--compile=auto --server-arg=--dtype=float32 \
+            $T 300 $E --device cuda:0 --max-batch 64 --server-arg=--compile=auto --server-arg=--dtype=float32 \
               --server-arg=--buckets=1,8,64 --json "$OUT/engine_compiled_fp32.json" 2>&1 | log
             for n in 4 8; do
-              timeout 200 python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 720 --device cuda:0 \
+              $T 120 python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 720 --device cuda:0 \
                 --max-batch 64 --server-arg=--compile=auto --server-arg=--dtype=bfloat16 --server-arg=--buckets=1,8,64 \
                 --server-arg=--processes=$n --concurrency 64,256 --requests 4000 --cap-s 8 \
                 --json "$OUT/engine_processes$n.json" 2>&1 | log
             done ;;
-    levels) timeout 300 $B --device cuda:0 --concurrency 1,8,64 --requests 400 --cap-s 15 --check \
+    levels) $T 300 $B --device cuda:0 --concurrency 1,8,64 --requests 400 --cap-s 15 --check \
               --compare-max-batch 1 --json "$OUT/levels.json" 2>&1 | log ;;
-    fp32) NVIDIA_TF32_OVERRIDE=0 timeout 200 $B --device cuda:0 --concurrency 64 --requests 400 --cap-s 15 --check \
+    fp32) NVIDIA_TF32_OVERRIDE=0 $T 200 $B --device cuda:0 --concurrency 64 --requests 400 --cap-s 15 --check \
             --compare-max-batch 1 --json "$OUT/fp32.json" 2>&1 | log ;;
-    soak) timeout 300 $B --device cuda:0 --concurrency 64 --requests 200 --cap-s 10 --soak 10000 \
+    soak) $T 300 $B --device cuda:0 --concurrency 64 --requests 200 --cap-s 10 --soak 10000 \
             --json "$OUT/soak.json" 2>&1 | log ;;
-    workers) timeout 120 $B --device cuda:0 --server-arg=--workers-per-device=2 --concurrency 64 --requests 800 \
+    workers) $T 120 $B --device cuda:0 --server-arg=--workers-per-device=2 --concurrency 64 --requests 800 \
                --cap-s 15 --json "$OUT/workers.json" 2>&1 | log ;;
     multi) if [ "$gpus" -ge 2 ]; then
-             timeout 120 $B --device cuda:0 --concurrency 64 --requests 800 --cap-s 15 --json "$OUT/multi_one.json" 2>&1 | log
-             timeout 120 $B --device cuda:0,cuda:1 --concurrency 64 --requests 800 --cap-s 15 --json "$OUT/multi_two.json" 2>&1 | log
+             $T 120 $B --device cuda:0 --concurrency 64 --requests 800 --cap-s 15 --json "$OUT/multi_one.json" 2>&1 | log
+             $T 120 $B --device cuda:0,cuda:1 --concurrency 64 --requests 800 --cap-s 15 --json "$OUT/multi_two.json" 2>&1 | log
            else echo "multi: needs 2 GPUs, this machine has $gpus" ; fi ;;
     replicas) if [ "$gpus" -ge 2 ]; then
-                for g in 0 1; do timeout 120 $B --device cuda:$g --concurrency 64 --requests 1600 --cap-s 15 \
+                for g in 0 1; do $T 120 $B --device cuda:$g --concurrency 64 --requests 1600 --cap-s 15 \
                   --json "$OUT/replica$g.json" 2>&1 | log & done; wait
               else echo "replicas: needs 2 GPUs, this machine has $gpus"; fi ;;
-    processes) timeout 120 $B --device cuda:0 --concurrency 64 --requests 1600 --cap-s 15 --json "$OUT/proc1.json" 2>&1 | log
-               timeout 150 $B --device cuda:0 --server-arg=--processes=2 --concurrency 64 --requests 1600 --cap-s 15 \
+    processes) $T 120 $B --device cuda:0 --concurrency 64 --requests 1600 --cap-s 15 --json "$OUT/proc1.json" 2>&1 | log
+               $T 150 $B --device cuda:0 --server-arg=--processes=2 --concurrency 64 --requests 1600 --cap-s 15 \
                  --json "$OUT/proc2_one_gpu.json" 2>&1 | log
                if [ "$gpus" -ge 2 ]; then
-                 for n in 2 4; do timeout 150 $B --device cuda:0,cuda:1 --server-arg=--processes=$n --concurrency 64 \
+                 for n in 2 4; do $T 150 $B --device cuda:0,cuda:1 --server-arg=--processes=$n --concurrency 64 \
                    --requests 2400 --cap-s 15 --json "$OUT/proc${n}_two_gpus.json" 2>&1 | log; done
-                 timeout 150 $B --device cuda:0,cuda:1 --server-arg=--processes=2 --max-batch 1 --concurrency 64 \
+                 $T 150 $B --device cuda:0,cuda:1 --server-arg=--processes=2 --max-batch 1 --concurrency 64 \
                    --requests 400 --cap-s 10 --check --json "$OUT/proc2_check.json" 2>&1 | log
                fi ;;
-    decode) timeout 120 $B --device cuda:0 --concurrency 64 --requests 800 --cap-s 15 --json "$OUT/decode_cpu.json" 2>&1 | log
-            timeout 120 $B --device cuda:0 --server-arg=--gpu-decode --concurrency 64 --requests 800 --cap-s 15 \
+    decode) $T 120 $B --device cuda:0 --concurrency 64 --requests 800 --cap-s 15 --json "$OUT/decode_cpu.json" 2>&1 | log
+            $T 120 $B --device cuda:0 --server-arg=--gpu-decode --concurrency 64 --requests 800 --cap-s 15 \
               --json "$OUT/decode_gpu.json" 2>&1 | log ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac

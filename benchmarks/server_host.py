@@ -12,7 +12,7 @@ import collections
 import json
 import os
 import sys
-import time
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import server_load as sl  # noqa: E402
 
@@ -48,9 +48,9 @@ def main():
         pid = server.process.pid
         sl.run_level(server.url, images, 8, 50, 30)
         for c in levels:
-            before = threads(pid); sys0 = busy(); me0 = os.times()
+            before, sys0, me0 = threads(pid), busy(), os.times()
             r = sl.run_level(server.url, images, c, 100000, secs)
-            after = threads(pid); sys1 = busy(); me1 = os.times()
+            after, sys1, me1 = threads(pid), busy(), os.times()
             mine = (me1.user + me1.system - me0.user - me0.system) * 1000
             d = {k: after[k] - before.get(k, 0) for k in after}
             n = max(1, r["ok"])

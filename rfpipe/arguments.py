@@ -72,14 +72,31 @@ def add_buckets(parser: argparse.ArgumentParser) -> None:
                              "at start, and a batch runs padded up to the next bucket)")
 
 
-def check_buckets(buckets: tuple[int, ...] | None, max_batch: int | None) -> None:
-    """A `ValueError` unless the largest of `buckets` is `max_batch` (the engine's batch limit).
+def engine_max_batch(args: argparse.Namespace, default: int = 8) -> int:
+    """The engine's batch limit the flags ask for: `--max-batch`, else the largest of `--buckets`, else 8.
+
+    >>> engine_max_batch(argparse.Namespace(max_batch=None, buckets=(1, 8, 32)))
+    32
+    """
+    if getattr(args, "max_batch", None) is not None:  # 0 and below are refused by whoever takes it
+        return args.max_batch
+    buckets = getattr(args, "buckets", None)
+    return buckets[-1] if buckets else default
+
+
+def check_buckets(buckets: tuple[int, ...] | None, max_batch: int | None, compile: str | None = "auto") -> None:
+    """A `ValueError` unless the largest of `buckets` is `max_batch` (the engine's batch limit) and the
+    forward is compiled (`buckets` shape nothing else).
 
     >>> check_buckets((1, 8), 16)
     Traceback (most recent call last):
     ValueError: the largest of --buckets (8) must be --max-batch (16)
     """
-    if buckets and max_batch is not None and buckets[-1] != max_batch:
+    if not buckets:
+        return
+    if compile in (None, "none"):
+        raise ValueError("--buckets are the batch sizes of the compiled forward: add --compile auto (or cudagraphs)")
+    if max_batch is not None and buckets[-1] != max_batch:
         raise ValueError(f"the largest of --buckets ({buckets[-1]}) must be --max-batch ({max_batch})")
 
 
@@ -87,7 +104,7 @@ def backend_options(args: argparse.Namespace) -> dict[str, object]:
     """The `Detector.load` keyword options the model flags ask for (none when left at their default)."""
     options = {name: getattr(args, name, None) for name in ("dtype", "compile", "max_batch", "buckets")}
     if options["buckets"]:
-        check_buckets(options["buckets"], options["max_batch"] or options["buckets"][-1])
+        check_buckets(options["buckets"], engine_max_batch(args), options["compile"])
         options["max_batch"] = options["buckets"][-1]
     return {name: value for name, value in options.items() if value is not None}
 

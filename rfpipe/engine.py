@@ -333,11 +333,11 @@ class Engine:
         return [e for e in batch if not e.future.done()]
 
     def _launch_or_retry(self, batch: list[_Item]) -> tuple[list[_Item], Any] | None:
-        if self.gpu_decode:
-            batch = self._decode_on_device(batch)
-            if not batch:
-                return None
         try:
+            if self.gpu_decode:  # inside the try: a decoder failure fails this batch, never the worker
+                batch = self._decode_on_device(batch)
+                if not batch:
+                    return None
             return batch, self.launch([e.frame for e in batch], [e.group() for e in batch],
                                       [e.confidence for e in batch])
         except Exception as error:

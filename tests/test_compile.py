@@ -195,4 +195,6 @@ def test_the_buckets_flag_sets_the_largest_batch_and_is_checked():
     options = backend_options(parser.parse_args(["--compile", "auto", "--buckets", "8,1,32"]))
     assert options == {"compile": "auto", "max_batch": 32, "buckets": (1, 8, 32)}
     with pytest.raises(ValueError, match=r"the largest of --buckets \(32\) must be --max-batch \(64\)"):
-        backend_options(parser.parse_args(["--buckets", "1,32", "--max-batch", "64"]))
+        backend_options(parser.parse_args(["--compile", "auto", "--buckets", "1,32", "--max-batch", "64"]))
+    with pytest.raises(ValueError, match="--buckets are the batch sizes of the compiled forward"):
+        backend_options(parser.parse_args(["--buckets", "1,32"]))

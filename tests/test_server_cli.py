@@ -103,7 +103,12 @@ def test_engine_flags_reach_the_settings_and_the_loader():
 def test_buckets_reach_the_loader_and_must_end_at_the_max_batch(tmp_path, capsys):
     args = build_parser().parse_args(["m", "--compile", "auto", "--max-batch", "64", "--buckets", "64,1,8"])
     assert load_options(args) == {"compile": "auto", "max_batch": 64, "buckets": (1, 8, 64)}
-    for flags, message in ((["--max-batch", "16", "--buckets", "1,8"], "the largest of --buckets (8) must be --max-batch (16)"),
+    inferred = build_parser().parse_args(["m", "--compile", "auto", "--buckets", "1,32"])  # no --max-batch
+    assert load_options(inferred)["max_batch"] == 32 and settings_from_args(inferred).max_batch == 32
+    assert settings_from_args(build_parser().parse_args(["m"])).max_batch == 8
+    for flags, message in ((["--compile", "auto", "--max-batch", "16", "--buckets", "1,8"],
+                            "the largest of --buckets (8) must be --max-batch (16)"),
+                           (["--buckets", "1,8"], "--buckets are the batch sizes of the compiled forward"),
                            (["--buckets", "1,x"], "--buckets takes a comma list of batch sizes >= 1"),
                            (["--buckets", "0,8"], "--buckets takes a comma list of batch sizes >= 1")):
         with pytest.raises(SystemExit) as exit_info:  # refused before any model loads

@@ -41,18 +41,17 @@ print('parts:', ', '.join(f'{p.name} {p.stat().st_size}' for p in paths))
 pack.write_packages('/tmp/run/checkpoint.pth', '/tmp/pkg', onnx=False)" 2>&1 | log
     echo "done at $(( $(date +%s) - START )) s" ;;
   check)
-    if [ -z "${PARTS:-}" ] && [ -f /tmp/run/checkpoint.pth ] && [ ! -d .carry/train/parts ]; then
-      # The machine is still warm from the train step: its checkpoint is here, no parts to carry.
-      echo "using /tmp/run/checkpoint.pth from the train step on this machine"
-      cp /tmp/run/checkpoint.pth /tmp/checkpoint.pth
+    if [ -z "${PARTS:-}" ] && [ -f /tmp/run/checkpoint.pth ] && [ ! -d .carry/train/parts ] && [ -d /tmp/pkg ]; then
+      # The machine is still warm from the train step: its checkpoint and packages are here, no parts to carry.
+      echo "using the train step's checkpoint and packages on this machine (/tmp/run, /tmp/pkg)"
     else
+      rm -rf /tmp/pkg
       python3 -c "
 import sys, torch; sys.path.insert(0, 'benchmarks/train'); import pack
-torch.save(pack.unpack('${PARTS:-.carry/train/parts}'), '/tmp/checkpoint.pth')" 2>&1 | log
-    fi
-    [ -d /tmp/pkg ] || python3 -c "
-import sys; sys.path.insert(0, 'benchmarks/train'); import pack
+torch.save(pack.unpack('${PARTS:-.carry/train/parts}'), '/tmp/checkpoint.pth')
 pack.write_packages('/tmp/checkpoint.pth', '/tmp/pkg', onnx=False)" 2>&1 | log
+      [ -d /tmp/pkg ] || { echo "could not unpack the weight parts into packages"; exit 1; }
+    fi
     python3 -c "
 import sys; sys.path.insert(0, 'benchmarks/train'); import dataset
 dataset.build('$MAT', '/tmp/ds', counts={'test': ${TEST_IMAGES:-300}})" 2>&1 | log

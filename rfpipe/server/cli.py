@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from rfpipe.arguments import add_buckets, check_buckets
+from rfpipe.arguments import add_buckets, check_buckets, engine_max_batch
 from rfpipe.devices import default_device
 from rfpipe.engine import BATCH_POLICIES
 from rfpipe.io.decode import DEFAULT_MAX_PIXELS
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="server processes sharing the port (default 1: this process serves); each serves "
                         "devices[i::N], or one device each when N exceeds the devices; limits such as "
                         "--queue-size apply per process")
-    p.add_argument("--max-batch", type=int, default=8, help="images per forward pass (the largest bucket)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="images per forward pass (default: the largest of --buckets, else 8)")
     add_buckets(p)
     p.add_argument("--batch-policy", choices=BATCH_POLICIES, default="dynamic",
                    help="dynamic: batches run at the size that arrived; fixed: every batch is padded to "
@@ -80,7 +81,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     extra = {"decode_threads": args.decode_threads} if args.decode_threads else {}
     return ServerSettings(
         model_id=args.model_id or Path(args.model).resolve().name,
-        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, batch_policy=args.batch_policy,
+        max_batch=engine_max_batch(args), max_wait_ms=args.max_wait_ms, batch_policy=args.batch_policy,
         queue_size=args.queue_size, request_timeout_s=args.request_timeout, body_timeout_s=args.body_timeout,
         max_body_bytes=int(args.max_body_mb * (1 << 20)), max_pixels=args.max_pixels, max_images=args.max_images,
         allow_url_input=args.allow_url_input, gpu_decode=args.gpu_decode, **extra,
@@ -100,11 +101,10 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
         options["dtype"] = args.dtype
     if args.compile:
         options["compile"] = args.compile
-        options["max_batch"] = args.max_batch
+        options["max_batch"] = engine_max_batch(args)
     if args.buckets:
-        check_buckets(args.buckets, args.max_batch)
+        check_buckets(args.buckets, engine_max_batch(args), args.compile)
         options["buckets"] = args.buckets
-        options["max_batch"] = args.max_batch
     return options
 
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from rfpipe.arguments import load_detector
+from rfpipe.arguments import engine_max_batch, load_detector
 from rfpipe.engine import BATCH_POLICIES
 
 
@@ -52,7 +52,8 @@ def run_command(args: argparse.Namespace) -> int:
     if view:
         sinks.append(streams.TerminalView())
     summary = streams.run(args.sources, detector, sink=sinks, confidence=args.confidence, max_fps=args.max_fps,
-                          reconnect=not args.no_reconnect, duration=args.duration, max_batch=args.max_batch or 8,
+                          reconnect=not args.no_reconnect, duration=args.duration,
+                          max_batch=engine_max_batch(args),
                           max_wait_ms=args.max_wait_ms, batch_policy=args.batch_policy)
     if args.summary is not None:
         args.summary.write_text(json.dumps(summary.to_json(), indent=1) + "\n")

@@ -114,11 +114,7 @@ class Runtime:
         jobs = host.jobs(frames, plans, color_format)  # CPU contrast work happens outside the lock
         caller = torch.cuda.current_stream(self.index)
         shape = host.output_shape(plans)
-        # `out` follows the caller's mode; the runtime's own buffers (the pinned ring, the device
-        # buffer, resident parameters) persist across calls and may have been made inside or outside
-        # inference mode, so every in-place update of them runs inside it, where both kinds take one.
-        out = torch.empty(shape, dtype=torch.float32, device=self.device)
-        with self.lock, torch.inference_mode():
+        with self.lock:
             # torch.cuda.stream() costs tens of microseconds here; set_stream is enough when the
             # caller is on this device (it would otherwise also switch the current device).
             context = None if torch.cuda.current_device() == self.index else torch.cuda.stream(self.stream)
@@ -127,22 +123,28 @@ class Runtime:
             else:
                 context.__enter__()
             try:
-                while self.keep and self.keep[0][0].query():
-                    self.keep.popleft()
-                sources, pixels = host.sources(jobs, self.device, on_gpu, direct=True)
-                plan = self.plan(sources, shape)
-                in_place = [p for s, p in zip(sources, pixels, strict=True) if s.kind == DEVICE]
-                if in_place:  # written on the caller's stream, read on ours
-                    self.stream.wait_stream(caller)
-                    for tensor in in_place:
-                        tensor.record_stream(self.stream)
-                buffer = self.device_buffer(plan.buffer_bytes)
-                direct = self.enqueue(plan, pixels, buffer, self.norm(config), out)
-                ready = torch.cuda.Event()
-                ready.record(self.stream)
-                self.ring.settle(ready)  # this call's staging regions are free once the batch is ready
-                if direct:  # the caller's pinned arrays must outlive their copies
-                    self.keep.append((ready, direct))
+                # Allocated on our stream (its pool, so a block the caller's queued work still reads
+                # is never handed out here), in the caller's inference mode. The runtime's own buffers
+                # (the pinned ring, the device buffer, resident parameters) persist across calls made
+                # inside and outside inference mode, so every in-place update of them runs inside it.
+                out = torch.empty(shape, dtype=torch.float32, device=self.device)
+                with torch.inference_mode():
+                    while self.keep and self.keep[0][0].query():
+                        self.keep.popleft()
+                    sources, pixels = host.sources(jobs, self.device, on_gpu, direct=True)
+                    plan = self.plan(sources, shape)
+                    in_place = [p for s, p in zip(sources, pixels, strict=True) if s.kind == DEVICE]
+                    if in_place:  # written on the caller's stream, read on ours
+                        self.stream.wait_stream(caller)
+                        for tensor in in_place:
+                            tensor.record_stream(self.stream)
+                    buffer = self.device_buffer(plan.buffer_bytes)
+                    direct = self.enqueue(plan, pixels, buffer, self.norm(config), out)
+                    ready = torch.cuda.Event()
+                    ready.record(self.stream)
+                    self.ring.settle(ready)  # this call's staging regions are free once the batch is ready
+                    if direct:  # the caller's pinned arrays must outlive their copies
+                        self.keep.append((ready, direct))
             finally:
                 if context is None:
                     torch.cuda.set_stream(caller)
