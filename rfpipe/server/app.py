@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import logging
 import os
 import re
@@ -190,6 +191,10 @@ def create_app(detectors: list[Any], settings: ServerSettings) -> FastAPI:
         if pipeline.batcher.ready:
             logger.info("ready: %d worker(s) warm in %.1f s (batch policy %s, max batch %d)", len(detectors),
                         time.perf_counter() - started, settings.batch_policy, pipeline.max_batch)
+        # What start-up built (modules, the model, the app) lives as long as the process: moved out of the
+        # collector's generations, the full collections that request garbage triggers no longer walk it.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:  # uvicorn has finished the in-flight requests (or its graceful-shutdown timeout passed)

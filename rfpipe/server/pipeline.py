@@ -108,6 +108,12 @@ def _pinned_copy(frame: np.ndarray) -> np.ndarray:
     return staged
 
 
+def _retrieve(task: asyncio.Future) -> None:
+    """Marks a finished task's exception as retrieved (asyncio logs the ones nobody asked for)."""
+    if not task.cancelled():
+        task.exception()
+
+
 def timeout_error(seconds: float) -> ApiError:
     return ApiError(504, "timeout", f"inference did not finish within the request timeout ({seconds:g} s); retry later",
                     {"Retry-After": "1"})
@@ -232,12 +238,24 @@ class Pipeline:
         handed: list[asyncio.Future] = []  # images given to an engine: their futures give their room back
         tasks = [asyncio.ensure_future(self._one(src, name, options, request_id, handed))
                  for src, name in zip(sources, image_names(len(sources)), strict=True)]
+        for task in tasks:  # a second failure (or one after a timeout) is not logged as "never retrieved"
+            task.add_done_callback(_retrieve)
+        # One image is awaited as its own task; several through one gather (its first failure is the answer).
+        work = tasks[0] if len(tasks) == 1 else asyncio.gather(*tasks)
+        # A cancelled request leaves its images' CancelledError on the gather: retrieved, so asyncio does
+        # not log "_GatheringFuture exception was never retrieved" for it.
+        work.add_done_callback(_retrieve)
         watcher = asyncio.ensure_future(disconnected()) if disconnected is not None else None
-        try:
-            outcomes = await asyncio.wait_for(self._race(tasks, watcher), self.settings.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise timeout_error(self.settings.request_timeout_s) from None
+        try:  # one wait covers the work, the client's disconnect and the request timeout
+            done, _ = await asyncio.wait({work} if watcher is None else {work, watcher},
+                                         timeout=self.settings.request_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            if work not in done:
+                if not done:
+                    raise timeout_error(self.settings.request_timeout_s)
+                raise ApiError(499, "client_closed_request", "the client closed the connection before the answer")
+            outcomes = work.result() if len(tasks) > 1 else [work.result()]
         finally:
+            work.cancel()
             for task in tasks:
                 task.cancel()
             for future in handed:
@@ -247,22 +265,6 @@ class Pipeline:
             self.batcher.withdraw(len(sources) - len(handed))
         elapsed = time.perf_counter() - started
         return [response_for(d, frame, options, request_id, elapsed) for frame, d in outcomes]
-
-    @staticmethod
-    async def _race(tasks: list[asyncio.Future], watcher: asyncio.Future | None) -> list[Any]:
-        for task in tasks:  # a second failure (or one after a timeout) is not logged as "never retrieved"
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        gathered = asyncio.gather(*tasks)
-        # When the request itself is cancelled (shutdown past the drain timeout, a timeout), the cancelled
-        # images leave their CancelledError on the gather; retrieve it so asyncio does not log it as an error.
-        gathered.add_done_callback(lambda g: g.cancelled() or g.exception())
-        if watcher is None:
-            return await gathered
-        done, _ = await asyncio.wait({gathered, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if gathered in done:
-            return gathered.result()
-        gathered.cancel()
-        raise ApiError(499, "client_closed_request", "the client closed the connection before the answer")
 
     async def _one(self, source: Any, where: str, options: Options, request_id: str,
                    handed: list[asyncio.Future]) -> tuple[Any, Any]:
