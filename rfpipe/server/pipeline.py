@@ -206,13 +206,13 @@ class Pipeline:
         data = source() if callable(source) else source
         try:
             if self.decode_device is not None:  # a GPU tensor for JPEG the device decoder takes, else OpenCV's frame
-                frame, image_format = decode_for_device(data, self.decode_device, auto_orient, s.max_pixels), None
+                frame = decode_for_device(data, self.decode_device, auto_orient, s.max_pixels)
+                image_format = read_header(data).format  # decode_for_device does not hand its header back
             else:  # the header decode() checked names the format (no second header parse under the GIL)
                 frame, header = decode(data, auto_orient=auto_orient, max_pixels=s.max_pixels)
                 image_format = header.format
         except DecodeError as error:
             raise from_decode_error(error, where) from error
-        image_format = image_format or read_header(data).format
         on_device = isinstance(frame, torch.Tensor)
         self.metrics.decodes.labels("torchvision" if on_device else "opencv", image_format).inc()
         self.metrics.stage.labels("decode").observe(time.perf_counter() - started)
