@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from rfpipe.arguments import add_buckets, check_buckets, engine_max_batch
+from rfpipe.arguments import add_buckets, backend_options, engine_max_batch
 from rfpipe.devices import default_device
 from rfpipe.engine import BATCH_POLICIES
 from rfpipe.io.decode import DEFAULT_MAX_PIXELS
@@ -91,20 +91,15 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 def load_options(args: argparse.Namespace) -> dict[str, Any]:
     """What `Detector.load` gets beside the device and backend: only the options given on the command line.
 
-    `--compile` also passes `max_batch` (the largest bucket the engine compiles) and `--buckets`.
+    The flags' one rule (`rfpipe.arguments.backend_options`, `--buckets` checked there); with `--compile`
+    also `max_batch`, the largest bucket the engine compiles.
 
     >>> load_options(build_parser().parse_args(["m", "--compile", "auto", "--max-batch", "32"]))
     {'compile': 'auto', 'max_batch': 32}
     """
-    options: dict[str, Any] = {}
-    if args.dtype:
-        options["dtype"] = args.dtype
+    options = backend_options(args)
     if args.compile:
-        options["compile"] = args.compile
         options["max_batch"] = engine_max_batch(args)
-    if args.buckets:
-        check_buckets(args.buckets, engine_max_batch(args), args.compile)
-        options["buckets"] = args.buckets
     return options
 
 
