@@ -42,6 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rfpipe  # noqa: E402
 import rfpipe.streams as streams  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from streams_decode import FPS, HEIGHT, WIDTH, scene, write_mp4v  # noqa: E402  (one generated video)
+
 GPU = torch.cuda.is_available()
 DEVICE = os.environ.get("DEVICE", "cuda" if GPU else "cpu")
 SOURCES = [int(n) for n in os.environ.get("SOURCES", "1,4,16").split(",")]
@@ -50,23 +53,7 @@ CAP_S = float(os.environ.get("CAP_S", 25))
 MAX_BATCH = int(os.environ.get("MAX_BATCH", 16 if GPU else 4))
 REALTIME = os.environ.get("REALTIME", "1" if GPU else "0") == "1"
 RESOLUTION = int(os.environ.get("RESOLUTION", 384))
-WIDTH, HEIGHT, FPS = 1280, 720, 30
 CONFIDENCE = 0.4
-
-
-def scene(i: int) -> np.ndarray:
-    y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
-    image = np.stack([(x + 3 * i) % 256, (y + 2 * i) % 256, ((x + y) // 2 + i) % 256], -1).astype(np.uint8)
-    cv2.circle(image, (100 + (8 * i) % (WIDTH - 200), 360), 80, (255, 255, 255), -1)
-    return image
-
-
-def write_video(path: Path) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (WIDTH, HEIGHT))
-    for i in range(FRAMES):
-        writer.write(scene(i))
-    writer.release()
-    return path
 
 
 def load_detector(folder: Path) -> tuple[rfpipe.Detector, str]:
@@ -122,7 +109,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="rfpipe-streams-"))
     start = time.perf_counter()
-    video = write_video(folder / "720p.mp4")
+    video = write_mp4v(folder / "720p.mp4", FRAMES)
     print(f"wrote {FRAMES} frames {WIDTH}x{HEIGHT} in {time.perf_counter() - start:.1f} s", flush=True)
     detector, model = load_detector(folder)
     name = torch.cuda.get_device_name(detector.device) if detector.device.type == "cuda" else platform.processor()

@@ -57,9 +57,10 @@ def write_h264(path: Path) -> Path:
     return path
 
 
-def write_mp4v(path: Path) -> Path:
+def write_mp4v(path: Path, frames: int = FRAMES) -> Path:
+    """`frames` frames of `scene` as an MPEG-4 part 2 video (OpenCV's VideoWriter, mp4v) at FPS."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (WIDTH, HEIGHT))
-    for i in range(FRAMES):
+    for i in range(frames):
         writer.write(scene(i))
     writer.release()
     return path
