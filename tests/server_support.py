@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -132,8 +133,8 @@ class GatedDetector(FakeDetector):
         return super().forward(batch)
 
 
-def wait_ready(process, url: str, log, timeout_s: float = 180.0) -> None:
-    """Wait for a server subprocess's /readyz to answer 200; fail with its log if it exits first."""
+def wait_ready(process, url: str, log, timeout_s: float = 180.0, path: str = "/readyz") -> None:
+    """Wait for a server subprocess's `path` (/readyz) to answer 200; fail with its log if it exits first."""
     import requests
 
     deadline = time.monotonic() + timeout_s
@@ -141,12 +142,22 @@ def wait_ready(process, url: str, log, timeout_s: float = 180.0) -> None:
         if process.poll() is not None:
             raise AssertionError(f"the server exited with {process.returncode}:\n{log.read_text()}")
         try:
-            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+            if requests.get(f"{url}{path}", timeout=5).status_code == 200:
                 return
         except requests.ConnectionError:
             pass
         time.sleep(0.1)
-    raise AssertionError("the server did not become ready")
+    raise AssertionError(f"the server did not become ready:\n{log.read_text()[-4000:]}")
+
+
+def stop(process, grace_s: float = 30.0) -> None:
+    """SIGTERM a server subprocess, SIGKILL it if it has not exited within `grace_s`, and reap it."""
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(30)
 
 
 def free_socket() -> socket.socket:

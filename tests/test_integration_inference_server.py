@@ -15,14 +15,13 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import cv2
 import pytest
 import requests
 from model_packages import packages  # noqa: F401
-from server_support import free_socket, live_server
+from server_support import free_socket, live_server, stop, wait_ready
 
 import rfpipe
 from rfpipe.server import ServerSettings, create_app
@@ -85,26 +84,12 @@ def test_inference_server_with_rfpipe_inside_answers_as_rfpipe_server(server_pyt
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if requests.get(f"{url}/info", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the inference server did not start:\n{log.read_text()[-4000:]}")
-            time.sleep(0.5)
+        wait_ready(process, url, log, START_TIMEOUT_S, path="/info")  # the inference server has no /readyz
         response = requests.post(f"{url}/infer/object_detection", json=request_body(str(package), image), timeout=240)
         assert response.status_code == 200, response.text[:2000]
         theirs = response.json()
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(30)
+        stop(process)
     text = log.read_text()
     assert "rfpipe.integrations.inference_models: installed" in text, text[-4000:]
     assert "rfpipe preprocesses inference-models' RF-DETR input (implementation=auto, device=cpu)" in text, text[-4000:]

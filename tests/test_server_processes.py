@@ -24,7 +24,7 @@ import pytest
 import requests
 from conftest import random_image
 from model_packages import packages  # noqa: F401
-from server_support import free_socket, wait_ready
+from server_support import free_socket, stop, wait_ready
 
 MODEL = "nano/1"
 REQUESTS = 40
@@ -93,12 +93,7 @@ def server(packages, tmp_path) -> Iterator[tuple[subprocess.Popen, str]]:  # noq
         children = _descendants(process.pid)
         yield process, url
     finally:  # after a failed test too: no server process outlives it
-        process.terminate()
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(30)
+        stop(process, 60.0)
         for pid in _wait_gone(children, 10.0):
             os.kill(pid, signal.SIGKILL)
 
