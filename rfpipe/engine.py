@@ -22,7 +22,8 @@ device-to-host copy, where the host waits for the GPU) and completes the futures
 batches are between the two, so batch N+1 is decoded, staged and queued while batch N runs. Encoded
 bytes bound for a GPU are decoded into pinned host memory by the decode threads
 (`rfpipe.io.pool.decode_staged`); `gpu_decode=True` decodes JPEG with nvJPEG instead, a batch at a
-time (not exact: see `rfpipe.io.gpu`).
+time on a stage thread of its own ahead of the launching thread, so batch N+1 is decoded on the
+GPU while batch N is preprocessed and launched (not exact: see `rfpipe.io.gpu`).
 
 An item that fails (bytes that do not decode, a frame preprocessing refuses, a batch whose forward
 raises) gets its own exception on its own future; the other items of its batch are retried alone,
@@ -144,14 +145,23 @@ class Engine:
         self._decoder: ThreadPoolExecutor | None = None
         self._queue: deque[_Item] = deque()
         self._admitted = 0  # items admitted and not finished
-        self._cond = threading.Condition()
+        # One lock, two conditions: `_cond` wakes the batching thread (an item to start a batch, a full
+        # batch, stopping), `_room` wakes submitters waiting for room and a draining close(). Finished
+        # items and items that do not complete a batch wake nobody who cannot act on them.
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)
+        self._room = threading.Condition(lock)
         self._closed = False
         self._stopping = False
+        self.decode_device = getattr(detector, "device", None)  # where gpu_decode decodes
         self._launched: queue.Queue = queue.Queue(maxsize=inflight)
-        self._finisher = threading.Thread(target=self._finish_loop, name="rfpipe-engine-post", daemon=True)
-        self._worker = threading.Thread(target=self._work, name="rfpipe-engine", daemon=True)
-        self._finisher.start()
-        self._worker.start()
+        self._decoded: queue.Queue = queue.Queue(maxsize=inflight)  # gpu_decode: decoded batches to launch
+        self._threads = [threading.Thread(target=self._finish_loop, name="rfpipe-engine-post", daemon=True),
+                         threading.Thread(target=self._work, name="rfpipe-engine", daemon=True)]
+        if gpu_decode:
+            self._threads.append(threading.Thread(target=self._decode_loop, name="rfpipe-engine-decode", daemon=True))
+        for thread in self._threads:
+            thread.start()
 
     # -- submitting -------------------------------------------------------------------------------
 
@@ -196,12 +206,12 @@ class Engine:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if not block or (remaining is not None and remaining <= 0):
                     raise QueueFull(f"the engine's queue holds {self._admitted} of {self.queue_size} images")
-                self._cond.wait(remaining)
+                self._room.wait(remaining)
 
     def _finished(self, _future: Future) -> None:
-        with self._cond:
+        with self._room:
             self._admitted -= 1
-            self._cond.notify_all()
+            self._room.notify_all()
 
     def _pool(self) -> ThreadPoolExecutor:
         with self._cond:
@@ -226,7 +236,8 @@ class Engine:
                 entry.future.set_exception(EngineClosed("the engine closed before this image ran"))
                 return
             self._queue.append(entry)
-            self._cond.notify_all()
+            if len(self._queue) == 1 or len(self._queue) >= self.max_batch:  # a batch can start, or is full
+                self._cond.notify()
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -237,7 +248,7 @@ class Engine:
 
     @property
     def alive(self) -> bool:
-        return self._worker.is_alive() or self._finisher.is_alive()
+        return any(thread.is_alive() for thread in self._threads)
 
     def close(self, *, drain: bool = True, timeout: float | None = None) -> None:
         """Take no new items; with `drain`, finish every admitted item first (up to `timeout` s).
@@ -251,13 +262,14 @@ class Engine:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     break
-                self._cond.wait(remaining)
+                self._room.wait(remaining)
             self._stopping = True
             self._cond.notify_all()
+            self._room.notify_all()
         if self._decoder is not None:
             self._decoder.shutdown(wait=True, cancel_futures=True)
-        self._worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        self._finisher.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        for thread in reversed(self._threads):  # upstream stages first: each tells the next to stop
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         with self._cond:
             left = list(self._queue)
             self._queue.clear()
@@ -295,14 +307,33 @@ class Engine:
                     return batch
 
     def _work(self) -> None:
+        next_batch = self._decoded.get if self.gpu_decode else self._take
         try:
             with torch.inference_mode():
-                while (batch := self._take()) is not None:
+                while (batch := next_batch()) is not None:
                     launched = self._launch_or_retry(batch)
                     if launched is not None:
                         self._launched.put(launched)
         finally:
             self._launched.put(None)  # tells the post-processing thread to stop
+
+    def _decode_loop(self) -> None:
+        """gpu_decode's stage: take a batch, decode its encoded items on the device, hand it on."""
+        try:
+            with torch.inference_mode():
+                while (batch := self._take()) is not None:
+                    try:
+                        batch = self._decode_on_device(batch)
+                    except Exception as error:  # the decoder itself failed: this batch fails, not the engine
+                        logger.warning("rfpipe engine: device decode of a batch of %d failed (%r)", len(batch), error)
+                        for entry in batch:
+                            if not entry.future.done():
+                                entry.future.set_exception(error)
+                        continue
+                    if batch:
+                        self._decoded.put(batch)
+        finally:
+            self._decoded.put(None)  # tells the launching thread to stop
 
     def _finish_loop(self) -> None:
         with torch.inference_mode():
@@ -324,7 +355,7 @@ class Engine:
         if not encoded:
             return batch
         options = {} if self._max_pixels is None else {"max_pixels": self._max_pixels}
-        for entry, frame in zip(encoded, decode_batch_on_device([e.frame for e in encoded], self.detector.device,
+        for entry, frame in zip(encoded, decode_batch_on_device([e.frame for e in encoded], self.decode_device,
                                                                 **options), strict=True):
             if isinstance(frame, BaseException):
                 entry.future.set_exception(frame)
@@ -334,10 +365,6 @@ class Engine:
 
     def _launch_or_retry(self, batch: list[_Item]) -> tuple[list[_Item], Any] | None:
         try:
-            if self.gpu_decode:  # inside the try: a decoder failure fails this batch, never the worker
-                batch = self._decode_on_device(batch)
-                if not batch:
-                    return None
             return batch, self.launch([e.frame for e in batch], [e.group() for e in batch],
                                       [e.confidence for e in batch])
         except Exception as error:

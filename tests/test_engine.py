@@ -167,3 +167,80 @@ def test_post_processing_runs_beside_the_next_batch_and_a_failure_there_fails_on
     assert max(calls) > 1 and calls.count(1) >= len(frames)  # the batch failed, then each image alone
     for frame, result in zip(frames, results, strict=True):
         assert _same(result, detector(frame, confidence=0.3)[0])
+
+
+def test_gpu_decode_decodes_each_batch_on_its_own_thread_while_the_batch_before_runs(detector, photos, monkeypatch):
+    # The device decoder here is torchvision's JPEG decoder on the CPU (the same batched call the engine
+    # makes with nvJPEG on a GPU); the engine only needs a detector on a CUDA device to allow gpu_decode.
+    import torch
+
+    from rfpipe.io import pool
+
+    jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for f in _frames(photos, 6)]
+    events = []
+    real_decode = pool.decode_batch_on_device
+
+    def recording_decode(items, device, **options):
+        start = time.monotonic()
+        time.sleep(0.2)
+        frames = real_decode(items, device, **options)
+        events.append(("decode", threading.current_thread().name, start, time.monotonic()))
+        return frames
+
+    def slow_forward(batch):
+        start = time.monotonic()
+        time.sleep(0.2)
+        out = detector.forward(batch)
+        events.append(("forward", threading.current_thread().name, start, time.monotonic()))
+        return out
+
+    monkeypatch.setattr(pool, "decode_batch_on_device", recording_decode)
+    on_cuda = type("OnCuda", (), {"preprocess": detector.preprocess, "forward": staticmethod(slow_forward),
+                                  "postprocess": detector.postprocess, "device": torch.device("cuda")})()
+    engine = Engine(on_cuda, max_batch=2, max_wait_ms=20, gpu_decode=True, pin_frames=False)
+    engine.decode_device = torch.device("cpu")
+    try:
+        futures = [engine.submit(data, confidence=0.3) for data in jpegs]
+        results = [f.result(timeout=120) for f in futures]
+    finally:
+        engine.close()
+    decodes = [e for e in events if e[0] == "decode"]
+    forwards = [e for e in events if e[0] == "forward"]
+    assert {e[1] for e in decodes} == {"rfpipe-engine-decode"} and {e[1] for e in forwards} == {"rfpipe-engine"}
+    assert len(decodes) >= 2
+    # some batch was decoding while another one's forward ran: the stages overlap
+    assert any(d[2] < f[3] and f[2] < d[3] for d in decodes for f in forwards)
+    for data, result in zip(jpegs, results, strict=True):
+        frame = real_decode([data], "cpu")[0]
+        assert isinstance(frame, torch.Tensor)
+        assert _same(result, detector(frame, confidence=0.3)[0])
+
+
+def test_a_device_decoder_failure_fails_its_batch_and_the_engine_keeps_running(detector, photos, monkeypatch):
+    import torch
+
+    from rfpipe.io import pool
+
+    jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for f in _frames(photos, 2)]
+    real_decode = pool.decode_batch_on_device
+    calls = []
+
+    def failing_once(items, device, **options):
+        calls.append(len(items))
+        if len(calls) == 1:
+            raise MemoryError("the decoder ran out of memory")
+        return real_decode(items, device, **options)
+
+    monkeypatch.setattr(pool, "decode_batch_on_device", failing_once)
+    on_cuda = type("OnCuda", (), {"preprocess": detector.preprocess, "forward": detector.forward,
+                                  "postprocess": detector.postprocess, "device": torch.device("cuda")})()
+    engine = Engine(on_cuda, max_batch=1, max_wait_ms=0, gpu_decode=True, pin_frames=False)
+    engine.decode_device = torch.device("cpu")
+    try:
+        first = engine.submit(jpegs[0])
+        with pytest.raises(MemoryError, match="out of memory"):
+            first.result(timeout=120)
+        assert isinstance(engine.submit(jpegs[1], confidence=0.3).result(timeout=120), rfpipe.Detections)
+        assert engine.alive
+    finally:
+        engine.close()
