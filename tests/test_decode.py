@@ -185,6 +185,28 @@ def test_each_format_header_is_checked_against_the_limit(photo, fmt):
         decode_image(ENCODINGS[fmt](photo), max_pixels=100)
 
 
+@pytest.mark.parametrize("fmt", sorted(ENCODINGS))
+def test_the_one_read_jpeg_header_equals_the_header_and_components_read_apart(photo, fmt):
+    from rfpipe.io.header import checked_header, checked_jpeg_header, jpeg_components
+
+    variants = [ENCODINGS[fmt](photo)]
+    if fmt == "jpeg":
+        variants += [cv2.imencode(".jpg", cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY))[1].tobytes(),
+                     _cmyk_jpeg(photo)]
+    for data in variants:
+        header, components = checked_jpeg_header(data)
+        assert header == checked_header(data)
+        assert components == (jpeg_components(data) if header.format == "jpeg" else None)
+    with pytest.raises(ImageTooLargeError):
+        checked_jpeg_header(variants[0], max_pixels=100)
+
+
+def _cmyk_jpeg(photo: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(photo[..., ::-1].copy()).convert("CMYK").save(out, "JPEG")
+    return out.getvalue()
+
+
 def test_jpeg_without_frame_header_is_corrupt():
     with pytest.raises(CorruptImageError, match="declares no image size or colour layout"):
         decode_image(b"\xff\xd8\xff\xda\x00\x02" + b"\x00" * 10)

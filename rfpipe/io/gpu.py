@@ -53,7 +53,7 @@ from rfpipe.devices import resolve_device
 from rfpipe.io.decode import decode_image
 from rfpipe.io.errors import CorruptImageError
 from rfpipe.io.exif import exif_orientation
-from rfpipe.io.header import DEFAULT_MAX_PIXELS, checked_header, jpeg_components
+from rfpipe.io.header import DEFAULT_MAX_PIXELS, ImageHeader, checked_jpeg_header
 
 __all__ = ["DeviceDecodeDeclined", "check_device_decoder", "decode_for_device", "decode_jpeg_on_device", "orient"]
 
@@ -118,6 +118,29 @@ def _decode_stream(device: torch.device) -> tuple[threading.Lock, torch.cuda.Str
         return _streams[device]
 
 
+def accepted_jpeg(data: bytes, *, auto_orient: bool = True,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[ImageHeader, int]:
+    """The checked header and the EXIF orientation (1 without `auto_orient`) of JPEG bytes the device
+    decoder takes: a DecodeError where the header check refuses them (as `decode_image` would),
+    DeviceDecodeDeclined where only OpenCV should decode them (see the module docstring).
+
+    >>> accepted_jpeg(cv2.imencode(".jpg", np.zeros((8, 16, 3), np.uint8))[1].tobytes())
+    (ImageHeader(format='jpeg', width=16, height=8), 1)
+    """
+    header, components = checked_jpeg_header(data, max_pixels=max_pixels)
+    if header.format != "jpeg":
+        raise DeviceDecodeDeclined(f"{header.format.upper()} data")
+    if not data.endswith(_EOI):
+        raise DeviceDecodeDeclined("the JPEG data does not end with an end-of-image marker")
+    if components not in (1, 3):  # CMYK / YCCK: converted on the host either way, and each library converts its own way
+        raise DeviceDecodeDeclined(f"a JPEG of {components} colour components")
+    try:
+        orientation = exif_orientation(data) if auto_orient else 1
+    except CorruptImageError as error:
+        raise DeviceDecodeDeclined(str(error)) from error
+    return header, orientation
+
+
 def decode_jpeg_on_device(
     data: bytes | bytearray | memoryview,
     device: str | torch.device,
@@ -136,18 +159,7 @@ def decode_jpeg_on_device(
     (torch.Size([1080, 1920, 3]), device(type='cuda', index=0))
     """
     data = bytes(data)
-    header = checked_header(data, max_pixels=max_pixels)
-    if header.format != "jpeg":
-        raise DeviceDecodeDeclined(f"{header.format.upper()} data")
-    if not data.endswith(_EOI):
-        raise DeviceDecodeDeclined("the JPEG data does not end with an end-of-image marker")
-    try:
-        components = jpeg_components(data)
-        orientation = exif_orientation(data) if auto_orient else 1
-    except CorruptImageError as error:
-        raise DeviceDecodeDeclined(str(error)) from error
-    if components not in (1, 3):  # CMYK / YCCK: converted on the host either way, and each library converts its own way
-        raise DeviceDecodeDeclined(f"a JPEG of {components} colour components")
+    header, orientation = accepted_jpeg(data, auto_orient=auto_orient, max_pixels=max_pixels)
     decode = _torchvision_decode_jpeg()
     device = resolve_device(device)  # torchvision keeps its decoder per exact device
     # torch.frombuffer needs a writable buffer (it warns on bytes); the copy costs microseconds.

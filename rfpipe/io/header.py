@@ -39,6 +39,7 @@ __all__ = [
     "SUPPORTED_FORMATS",
     "ImageHeader",
     "checked_header",
+    "checked_jpeg_header",
     "jpeg_components",
     "read_header",
 ]
@@ -129,6 +130,17 @@ def _open_lazily(data: bytes, fmt: str) -> Image.Image:
         raise CorruptImageError(f"corrupt or truncated {fmt.upper()} header: {reason}") from error
 
 
+def _read(data: bytes | bytearray | memoryview) -> tuple[ImageHeader, Image.Image]:
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    if not data:
+        raise EmptyImageError("empty image: no bytes")
+    fmt = _sniff(data)
+    image = _open_lazily(data, fmt)
+    width, height = image.size
+    return ImageHeader(fmt, width, height), image
+
+
 def read_header(data: bytes | bytearray | memoryview) -> ImageHeader:
     """Format and declared size of encoded image bytes, without decoding any pixel.
 
@@ -138,13 +150,7 @@ def read_header(data: bytes | bytearray | memoryview) -> ImageHeader:
     >>> read_header(cv2.imencode(".png", np.zeros((48, 64, 3), np.uint8))[1].tobytes())
     ImageHeader(format='png', width=64, height=48)
     """
-    if not isinstance(data, bytes):
-        data = bytes(data)
-    if not data:
-        raise EmptyImageError("empty image: no bytes")
-    fmt = _sniff(data)
-    width, height = _open_lazily(data, fmt).size
-    return ImageHeader(fmt, width, height)
+    return _read(data)[0]
 
 
 def _check_size(header: ImageHeader, max_pixels: int) -> None:
@@ -171,6 +177,20 @@ def checked_header(data: bytes | bytearray | memoryview, *, max_pixels: int = DE
     header = read_header(data)
     _check_size(header, max_pixels)
     return header
+
+
+def checked_jpeg_header(data: bytes | bytearray | memoryview, *,
+                        max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[ImageHeader, int | None]:
+    """`checked_header`, and the colour components of a JPEG (as `jpeg_components`; None for other
+    formats), from one read of the header: what the device decoders check per image.
+
+    >>> import cv2, numpy as np
+    >>> checked_jpeg_header(cv2.imencode(".jpg", np.zeros((8, 16), np.uint8))[1].tobytes())
+    (ImageHeader(format='jpeg', width=16, height=8), 1)
+    """
+    header, image = _read(data)
+    _check_size(header, max_pixels)
+    return header, _JPEG_MODE_COMPONENTS[image.mode] if header.format == "jpeg" else None
 
 
 def jpeg_components(data: bytes | bytearray | memoryview) -> int:

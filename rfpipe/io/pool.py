@@ -52,7 +52,6 @@ def decode_batch_on_device(items: Sequence[bytes | bytearray | memoryview], devi
     neither decodes gets its `DecodeError` in its place."""
     from rfpipe.devices import resolve_device
     from rfpipe.io import gpu
-    from rfpipe.io.decode import checked_header, exif_orientation, jpeg_components
 
     device = resolve_device(device)
     results: list[Any] = [None] * len(items)
@@ -60,10 +59,7 @@ def decode_batch_on_device(items: Sequence[bytes | bytearray | memoryview], devi
     for i, data in enumerate(items):
         data = bytes(data)
         try:
-            header = checked_header(data, max_pixels=max_pixels)
-            if header.format != "jpeg" or not data.endswith(b"\xff\xd9") or jpeg_components(data) not in (1, 3):
-                raise gpu.DeviceDecodeDeclined("not a baseline colour or grey JPEG")
-            orientation = exif_orientation(data)
+            header, orientation = gpu.accepted_jpeg(data, max_pixels=max_pixels)
         except (DecodeError, gpu.DeviceDecodeDeclined):  # declined or refused: OpenCV decides, with its own errors
             results[i] = _cpu(data, max_pixels)
             continue
