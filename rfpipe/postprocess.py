@@ -8,11 +8,12 @@ by the scales; add the static-crop offset; clamp; round half to even.
 
 All fixed-shape work runs batched on the tensors' device; one copy brings [B, Q] rows to the CPU,
 where the variable-length selection and the final sort (the same `torch.sort` the reference
-calls) happen.
+calls, needed only where scores tie: top-k's rows are already in descending order) happen in numpy.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -80,6 +81,15 @@ def _thresholds(confidence: Confidence, names: Sequence[str]) -> float | list[fl
             )
         return [check(v, f"confidence[{i}]") for i, v in enumerate(values)]
     return check(confidence, "confidence")
+
+
+@functools.lru_cache(maxsize=64)
+def _class_table(mapping: tuple[int, ...], columns: int, device: torch.device) -> torch.Tensor:
+    """Logit column -> output class id (-1: dropped; so are columns beyond the names, the no-object
+    column), on `device`: built and uploaded once per layout, read-only afterwards."""
+    table = torch.full((max(columns, len(mapping)),), -1, dtype=torch.int64)
+    table[: len(mapping)] = torch.tensor(mapping, dtype=torch.int64)
+    return table.to(device)
 
 
 def _per_image_rows(metadata: Sequence[PreprocessMetadata], device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -150,10 +160,7 @@ def postprocess(
     if batch == 0:
         return []
 
-    # Column -> output class id; columns beyond the names (no-object) are dropped.
-    table = torch.full((max(columns, len(mapping)),), -1, dtype=torch.int64)
-    table[: len(mapping)] = torch.tensor(mapping, dtype=torch.int64)
-    table = table.to(device, non_blocking=True)
+    table = _class_table(tuple(mapping), columns, device)
 
     # Sigmoid over the whole batch at once, as the reference does: vectorised and scalar tails of
     # CPU kernels may round differently, so the element layout must be the same.
@@ -177,16 +184,20 @@ def postprocess(
     xyxy = torch.minimum(torch.maximum(xyxy, torch.zeros_like(maxima)), maxima)
     xyxy = xyxy.round().to(torch.int32)
 
-    scores, class_id, xyxy, keep = _to_host(scores, class_id, xyxy, keep)
+    scores, class_id, xyxy, keep = (t.numpy() for t in _to_host(scores, class_id, xyxy, keep))
     results = []
     for i in range(batch):
-        row = keep[i]
-        kept_scores, order = torch.sort(scores[i][row], descending=True)
-        ids = class_id[i][row][order].to(torch.int32).numpy()
+        rows = np.flatnonzero(keep[i])
+        kept = scores[i, rows]
+        # top-k has already sorted each row in descending order, so the reference's final sort keeps
+        # every strictly decreasing row as it is; only ties (or NaN) go through the same torch.sort.
+        if kept.size > 1 and not (kept[1:] < kept[:-1]).all():
+            rows = rows[torch.sort(torch.from_numpy(kept), descending=True).indices.numpy()]
+        ids = class_id[i, rows].astype(np.int32)
         results.append(
             Detections(
-                xyxy=xyxy[i][row][order].numpy(),
-                confidence=kept_scores.numpy(),
+                xyxy=xyxy[i, rows],
+                confidence=scores[i, rows],
                 class_id=ids,
                 class_name=[names[c] for c in ids.tolist()],
             )
