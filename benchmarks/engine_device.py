@@ -16,11 +16,15 @@ Untrained RF-DETR Nano package (torch weights, stretch, RESOLUTION), built here.
    preprocess, forward, post-process, each timed alone) and the ratio of each to its floor;
 7. batch-1 latency from a decoded frame (Detector call and engine submit -> result);
 8. inference-models 0.39's torch model on the same package and bytes, default and
-   optimize_for_inference(compile=True) at batch 8, when it imports and time allows.
+   optimize_for_inference(compile=True) at batch 8, when it imports and time allows;
+9. host-side variants at the middle bucket: 12 decode threads instead of 16 (cores left to the
+   engine's own threads), the interpreter's GIL switch interval at 1 ms instead of 5 ms, and where
+   py-spy is installed, where the GIL goes (`py-spy record --gil` on this process during an OpenCV
+   and an nvJPEG row: gil_*.txt, collapsed stacks, summarised per thread and function in engine.json).
 
 Usage (device): python3 benchmarks/engine_device.py   (env: RESOLUTION=384 BUCKETS=1,8,32 BUDGET_S=420;
-SKIP=warm_start,drift,fixed_identity,nvjpeg,fixed_policy_fps,compiled_float32,compiled_float16,inference_models
-leaves those steps out)
+SKIP=warm_start,drift,fixed_identity,nvjpeg,fixed_policy_fps,compiled_float32,compiled_float16,inference_models,
+host_variants,gil_profile leaves those steps out)
 """
 
 from __future__ import annotations
@@ -136,6 +140,16 @@ def floors(encoded: list[bytes]) -> dict:
         for i in range(0, len(encoded), 32):
             decode_batch_on_device(encoded[i : i + 32], DEVICE)
         result["nvjpeg_batch32_fps"] = len(encoded) / (time.perf_counter() - start)
+        from torchvision.io import decode_jpeg  # torchvision's batched nvJPEG call alone, no header checks
+
+        tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in encoded]
+        decode_jpeg(tensors[:32], device=DEVICE)
+        sync()
+        start = time.perf_counter()
+        for i in range(0, len(tensors), 32):
+            decode_jpeg(tensors[i : i + 32], device=DEVICE)
+        sync()
+        result["torchvision_nvjpeg_batch32_fps"] = len(encoded) / (time.perf_counter() - start)
         frame = torch.empty((720, 1280, 3), dtype=torch.uint8, pin_memory=True)
         target = torch.empty((720, 1280, 3), dtype=torch.uint8, device=DEVICE)
         result["pinned_copy_720p"] = timed_ms(lambda: target.copy_(frame, non_blocking=True), 50)
@@ -233,8 +247,9 @@ def fixed_identity(detector: rfpipe.Detector, frames: list[np.ndarray], bucket: 
 # -- 6-7. end to end, stages, latency ----------------------------------------------------------------
 
 def engine_fps(detector: rfpipe.Detector, encoded: list[bytes], max_batch: int, seconds: float, **options) -> dict:
+    options.setdefault("decode_threads", 16)
     with Engine(detector, max_batch=max_batch, max_wait_ms=2.0, queue_size=max(256, 8 * max_batch),
-                decode_threads=16, **options) as engine:
+                **options) as engine:
         warm = [engine.submit(encoded[i % len(encoded)], confidence=0.4) for i in range(4 * max_batch)]
         for f in warm:
             f.result()
@@ -273,6 +288,56 @@ def latency_b1(detector: rfpipe.Detector, frame: np.ndarray, reps: int) -> dict:
     with Engine(detector, max_batch=1, max_wait_ms=0) as engine:
         result["engine_submit_result"] = timed_ms(lambda: engine.submit(frame).result(), reps, warmup=10)
     return result
+
+
+def with_switch_interval(seconds_: float, fn, *args, **kwargs):
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(seconds_)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        sys.setswitchinterval(before)
+
+
+def gil_profile(name: str, out: Path, fn, *args, **kwargs) -> dict:
+    """Run `fn` while py-spy samples this process, only threads holding the GIL (`--gil`); returns
+    fn's result with a summary: samples per thread, and the functions of rfpipe (or the library
+    frame nearest the top) that held it most."""
+    import shutil
+
+    spy = shutil.which("py-spy") or next((str(p) for p in (Path(d) / "bin" / "py-spy" for d in sys.path if d)
+                                          if p.is_file()), None)
+    if spy is None:
+        raise RuntimeError("py-spy is not installed")
+    path = out / f"gil_{name}.txt"
+    duration = 6
+    sampler = subprocess.Popen([spy, "record", "--pid", str(os.getpid()), "--gil", "--threads", "--rate", "200",
+                                "--duration", str(duration), "--format", "raw", "--full-filenames", "--output", str(path),
+                                "--nonblocking"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # attached before the row starts
+    result = fn(*args, **kwargs)
+    _, err = sampler.communicate(timeout=60)
+    if not path.exists():
+        raise RuntimeError(f"py-spy wrote nothing: {err[-500:]}")
+    threads: dict[str, int] = {}
+    functions: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        thread = re.sub(r"[_-]\d+$", "_N", re.sub(r"^thread \(\d+\):\s*", "", frames[0]).strip())
+        threads[thread] = threads.get(thread, 0) + n
+        ours = [f for f in frames[1:] if "/rfpipe/" in f]
+        top = ours[-1] if ours else frames[-1]
+        functions[top] = functions.get(top, 0) + n
+        total += n
+    top = sorted(functions.items(), key=lambda kv: -kv[1])[:25]
+    return {**result, "gil_samples": total, "gil_by_thread": dict(sorted(threads.items(), key=lambda kv: -kv[1])),
+            "gil_top_functions": dict(top), "gil_seconds_sampled": duration}
 
 
 # -- 8. inference-models -----------------------------------------------------------------------------
@@ -401,6 +466,19 @@ def main() -> None:
     fixed = optional("fixed_policy_fps", 10, engine_fps, fast, encoded, drift_batch, seconds, batch_policy="fixed")
     if fixed is not None:
         rows.append({"pipeline": "rfpipe opencv-16 fixed", "max_batch": drift_batch, **fixed})
+    variants = {"rfpipe opencv-12": (engine_fps, {"decode_threads": 12}),
+                "rfpipe opencv-16 switch 1 ms": (lambda *a, **k: with_switch_interval(0.001, engine_fps, *a, **k), {})}
+    for label, (fn, options) in variants.items():
+        row = optional("host_variants", 10, fn, fast, encoded, drift_batch, seconds, **options)
+        if row is not None:
+            rows.append({"pipeline": label, "max_batch": drift_batch, **row})
+            log(f"e2e {label} max_batch {drift_batch}: {row['fps']:.0f} frames/s")
+    profiles = [("opencv", drift_batch, {})] + ([("nvjpeg", BUCKETS[-1], {"gpu_decode": True})] if cuda else [])
+    for name, max_batch, options in profiles:
+        row = optional("gil_profile", 15, gil_profile, name, out, engine_fps, fast, encoded, max_batch, 6.0, **options)
+        if row is not None:
+            rows.append({"pipeline": f"rfpipe {name} (py-spy attached)", "max_batch": max_batch, **row})
+            log(f"gil profile {name} max_batch {max_batch}: {row['fps']:.0f} frames/s; threads {row['gil_by_thread']}")
     REPORT["end_to_end"] = rows
     REPORT["latency_b1"] = latency_b1(fast, decode_image(encoded[0]), 3 if SMOKE else 200)
     log(f"latency b1: {REPORT['latency_b1']}")

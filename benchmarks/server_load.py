@@ -165,19 +165,19 @@ def infer_body(image_b64: str, confidence: float = 0.4) -> bytes:
                        "confidence": confidence}).encode()
 
 
-def run_level(url: str, images: list[str], concurrency: int, requests: int, cap_s: float) -> dict:
-    """`requests` inferences from `concurrency` keep-alive clients (stops early after `cap_s`)."""
-    bodies = [infer_body(i) for i in images]
+def _level_part(url: str, bodies: list[bytes], concurrency: int, requests: int, stop_at: float,
+                offset: int = 0) -> tuple[list[float], dict[int, int]]:
+    """Latencies of the requests that got 200 and the count of each other status, from `concurrency`
+    keep-alive clients sending `requests` bodies until the wall-clock time `stop_at`."""
     latencies: list[float] = []
     errors: dict[int, int] = {}
-    counter = iter(range(requests))
+    counter = iter(range(offset, offset + requests))
     lock = threading.Lock()
-    stop_at = time.monotonic() + cap_s
 
     def client() -> None:
         parts = urllib.parse.urlsplit(url)
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
-        while time.monotonic() < stop_at:
+        while time.time() < stop_at:
             with lock:
                 index = next(counter, None)
             if index is None:
@@ -197,16 +197,42 @@ def run_level(url: str, images: list[str], concurrency: int, requests: int, cap_
                     errors[status] = errors.get(status, 0) + 1
         conn.close()
 
-    started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         for future in [pool.submit(client) for _ in range(concurrency)]:
             future.result()
+    return latencies, errors
+
+
+def run_level(url: str, images: list[str], concurrency: int, requests: int, cap_s: float,
+              processes: int = 1) -> dict:
+    """`requests` inferences from `concurrency` keep-alive clients (stops early after `cap_s`), the
+    clients spread over `processes` client processes (one Python client is GIL-bound near a few
+    thousand requests a second, so a fast server needs several)."""
+    bodies = [infer_body(i) for i in images]
+    processes = max(1, min(processes, concurrency))
+    started = time.perf_counter()
+    stop_at = time.time() + cap_s
+    if processes == 1:
+        latencies, errors = _level_part(url, bodies, concurrency, requests, stop_at)
+    else:
+        import multiprocessing
+
+        shares = [(concurrency // processes + (i < concurrency % processes),
+                   requests // processes + (i < requests % processes)) for i in range(processes)]
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            parts = pool.starmap(_level_part, [(url, bodies, c, r, stop_at, i * requests)
+                                               for i, (c, r) in enumerate(shares)])
+        latencies = [t for part, _ in parts for t in part]
+        errors = {}
+        for _, part_errors in parts:
+            for status, count in part_errors.items():
+                errors[status] = errors.get(status, 0) + count
     seconds = time.perf_counter() - started
     latencies.sort()
     done = len(latencies)
     return {
-        "concurrency": concurrency, "ok": done, "errors": sum(errors.values()), "error_statuses": errors,
-        "seconds": round(seconds, 3), "req_per_s": round(done / seconds, 2),
+        "concurrency": concurrency, "client_processes": processes, "ok": done, "errors": sum(errors.values()),
+        "error_statuses": errors, "seconds": round(seconds, 3), "req_per_s": round(done / seconds, 2),
         "p50_ms": round(1000 * latencies[done // 2], 1) if done else None,
         "p99_ms": round(1000 * latencies[min(done - 1, int(done * 0.99))], 1) if done else None,
     }
@@ -344,6 +370,8 @@ def main() -> None:
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--server-arg", action="append", default=[], help="extra `rfpipe serve` argument (repeatable)")
     p.add_argument("--concurrency", default="1,8,64")
+    p.add_argument("--client-processes", type=int, default=1,
+                   help="spread each level's clients over this many processes (for servers faster than one client)")
     p.add_argument("--requests", type=int, default=200, help="requests per level")
     p.add_argument("--cap-s", type=float, default=120.0, help="seconds per level at most")
     p.add_argument("--image-side", type=int, default=1080, help="crop the sample photos to this side at most")
@@ -367,7 +395,7 @@ def main() -> None:
         run_level(url, images, min(8, max(concurrencies)), 2 * len(images), args.cap_s)  # warm-up
         rows = []
         for c in concurrencies:
-            row = {"server": label, **run_level(url, images, c, args.requests, args.cap_s)}
+            row = {"server": label, **run_level(url, images, c, args.requests, args.cap_s, args.client_processes)}
             pid = server.process.pid if server is not None else args.pid
             if pid is not None:
                 row["server_rss_mb"], row["server_peak_rss_mb"] = (round(v, 1) for v in memory_mb(pid))
