@@ -140,7 +140,9 @@ def floors(encoded: list[bytes]) -> dict:
         for i in range(0, len(encoded), 32):
             decode_batch_on_device(encoded[i : i + 32], DEVICE)
         result["nvjpeg_batch32_fps"] = len(encoded) / (time.perf_counter() - start)
-        from torchvision.io import decode_jpeg  # torchvision's batched nvJPEG call alone, no header checks
+        from torchvision.io import (
+            decode_jpeg,  # torchvision's batched nvJPEG call alone, no header checks
+        )
 
         tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in encoded]
         decode_jpeg(tensors[:32], device=DEVICE)
