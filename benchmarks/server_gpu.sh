@@ -9,8 +9,8 @@
 #   engine3  one GPU, right after benchmarks/engine_device.py on the same machine with PACKAGE=/tmp/pkg384/stretch
 #            BUCKETS=8,32 (its compile cache holds bfloat16 buckets 8 and 32 and float32 bucket 32 of that
 #            package, so every server here starts warm; about 5 min): eager at concurrency 64 (the baseline),
-#            compiled bfloat16 at 1/8/64/256, compiled float32 at 64, and --processes 4 and 8 (bfloat16) at
-#            64/256, then --processes 8 --gpu-decode at 64; clients spread over 4 processes
+#            compiled bfloat16 at 1/8/64/256, --processes 8 at 64/256, --processes 8 --gpu-decode at 64,
+#            --processes 4 at 64, compiled float32 at 64; clients spread over 4 processes
 #   levels   one GPU: concurrency 1/8/64, correctness under load (--check), batching gain vs --max-batch 1
 #   fp32     one GPU, TF32 off (NVIDIA_TF32_OVERRIDE=0): correctness under load and its batching gain
 #   soak     one GPU: 10,000 requests, resident memory after each 1000
@@ -62,18 +62,16 @@ for step in $steps; do
             done ;;
     engine3) P=${PACKAGE:-/tmp/pkg384/stretch}
             L="python3 benchmarks/server_load.py --model $P --image-side 720 --device cuda:0 --client-processes 4 --cap-s 6"
-            C="--server-arg=--compile=auto --max-batch 32"
-            $T 60 $L --max-batch 32 --concurrency 64 --requests 3000 --json "$OUT/e3_eager.json" 2>&1 | log
-            $T 90 $L $C --server-arg=--dtype=bfloat16 --server-arg=--buckets=8,32 --concurrency 1,8,64,256 \
-              --requests 6000 --json "$OUT/e3_bf16.json" 2>&1 | log
-            $T 60 $L $C --server-arg=--dtype=float32 --server-arg=--buckets=32 --concurrency 64 --requests 3000 \
-              --json "$OUT/e3_fp32.json" 2>&1 | log
-            for n in 4 8; do
-              $T 90 $L $C --server-arg=--dtype=bfloat16 --server-arg=--buckets=8,32 --server-arg=--processes=$n \
-                --concurrency 64,256 --requests 8000 --json "$OUT/e3_processes$n.json" 2>&1 | log
-            done
-            $T 70 $L $C --server-arg=--dtype=bfloat16 --server-arg=--buckets=8,32 --server-arg=--processes=8 \
-              --server-arg=--gpu-decode --concurrency 64 --requests 8000 --json "$OUT/e3_processes8_nvjpeg.json" 2>&1 | log ;;
+            C="--server-arg=--compile=auto --max-batch 32 --server-arg=--dtype=bfloat16 --server-arg=--buckets=8,32"
+            $T 45 $L --max-batch 32 --concurrency 64 --requests 3000 --json "$OUT/e3_eager.json" 2>&1 | log
+            $T 80 $L $C --concurrency 1,8,64,256 --requests 6000 --json "$OUT/e3_bf16.json" 2>&1 | log
+            $T 75 $L $C --server-arg=--processes=8 --concurrency 64,256 --requests 8000 \
+              --json "$OUT/e3_processes8.json" 2>&1 | log
+            $T 60 $L $C --server-arg=--processes=8 --server-arg=--gpu-decode --concurrency 64 --requests 8000 \
+              --json "$OUT/e3_processes8_nvjpeg.json" 2>&1 | log
+            $T 60 $L $C --server-arg=--processes=4 --concurrency 64 --requests 8000 --json "$OUT/e3_processes4.json" 2>&1 | log
+            $T 45 $L --server-arg=--compile=auto --max-batch 32 --server-arg=--dtype=float32 --server-arg=--buckets=32 \
+              --concurrency 64 --requests 3000 --json "$OUT/e3_fp32.json" 2>&1 | log ;;
     levels) $T 300 $B --device cuda:0 --concurrency 1,8,64 --requests 400 --cap-s 15 --check \
               --compare-max-batch 1 --json "$OUT/levels.json" 2>&1 | log ;;
     fp32) NVIDIA_TF32_OVERRIDE=0 $T 200 $B --device cuda:0 --concurrency 64 --requests 400 --cap-s 15 --check \
