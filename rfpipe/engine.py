@@ -81,6 +81,18 @@ class _Item:
         return (self.overrides, self.color, size)
 
 
+def default_decode_threads(cpus: int | None = None) -> int:
+    """Decode threads for a machine of `cpus` cores: at most 16, leaving four cores (half of a small
+    machine's) to the engine's own threads. Measured on a 16-core H100 host (benchmarks/RESULTS.md,
+    2026-12-06): 12 decode threads gave 1,686 frames/s end to end where 16, every core, gave 1,343.
+
+    >>> default_decode_threads(16), default_decode_threads(8), default_decode_threads(2), default_decode_threads(64)
+    (12, 4, 1, 16)
+    """
+    cpus = cpus or os.cpu_count() or 1
+    return max(1, min(16, max(cpus // 2, cpus - 4)))
+
+
 def _groups(keys: Sequence[Any]) -> dict[Any, list[int]]:
     """Positions of each distinct key, in order of first appearance."""
     groups: dict[Any, list[int]] = {}
@@ -141,7 +153,7 @@ class Engine:
         self.batch_policy = batch_policy
         self.implementation = implementation
         self._max_pixels = max_pixels
-        self._decode_threads = decode_threads or min(16, os.cpu_count() or 1)
+        self._decode_threads = decode_threads or default_decode_threads()
         self._decoder: ThreadPoolExecutor | None = None
         self._queue: deque[_Item] = deque()
         self._admitted = 0  # items admitted and not finished
@@ -479,4 +491,5 @@ def stream(
         yield result(*pending.popleft())
 
 
-__all__: list[str] = ["BATCH_POLICIES", "Engine", "EngineClosed", "ItemError", "QueueFull", "stream"]
+__all__: list[str] = ["BATCH_POLICIES", "Engine", "EngineClosed", "ItemError", "QueueFull", "default_decode_threads",
+                      "stream"]
