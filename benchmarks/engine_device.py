@@ -266,7 +266,8 @@ def engine_fps(detector: rfpipe.Detector, encoded: list[bytes], max_batch: int, 
         for f in window:
             f.result()
         wall = time.perf_counter() - start
-    return {"frames": count, "fps": count / wall}
+        mean_batch = engine.mean_batch  # includes the warm-up's batches
+    return {"frames": count, "fps": count / wall, "mean_batch": mean_batch}
 
 
 def stage_times(detector: rfpipe.Detector, encoded: list[bytes], batch: int) -> dict:

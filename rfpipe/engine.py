@@ -166,6 +166,8 @@ class Engine:
         self._closed = False
         self._stopping = False
         self.decode_device = getattr(detector, "device", None)  # where gpu_decode decodes
+        self.batches = 0  # batches launched, and the images in them (`mean_batch`)
+        self.batched_items = 0
         self._launched: queue.Queue = queue.Queue(maxsize=inflight)
         self._decoded: queue.Queue = queue.Queue(maxsize=inflight)  # gpu_decode: decoded batches to launch
         self._threads = [threading.Thread(target=self._finish_loop, name="rfpipe-engine-post", daemon=True),
@@ -257,6 +259,11 @@ class Engine:
     def pending(self) -> int:
         """Items admitted and not yet finished."""
         return self._admitted
+
+    @property
+    def mean_batch(self) -> float:
+        """Mean number of images in the batches launched so far (retries of single images not counted)."""
+        return self.batched_items / self.batches if self.batches else 0.0
 
     @property
     def alive(self) -> bool:
@@ -376,6 +383,8 @@ class Engine:
         return [e for e in batch if not e.future.done()]
 
     def _launch_or_retry(self, batch: list[_Item]) -> tuple[list[_Item], Any] | None:
+        self.batches += 1  # only this thread writes them
+        self.batched_items += len(batch)
         try:
             return batch, self.launch([e.frame for e in batch], [e.group() for e in batch],
                                       [e.confidence for e in batch])

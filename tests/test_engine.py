@@ -244,3 +244,31 @@ def test_a_device_decoder_failure_fails_its_batch_and_the_engine_keeps_running(d
         assert engine.alive
     finally:
         engine.close()
+
+
+def test_mean_batch_counts_the_images_of_the_batches_launched(detector, photos):
+    gate = threading.Event()
+    original = detector.forward
+
+    def gated(batch):
+        gate.wait(60)
+        return original(batch)
+
+    engine = Engine(detector, max_batch=4, max_wait_ms=1, inflight=1)
+    engine.detector = type("Gated", (), {"preprocess": detector.preprocess, "forward": staticmethod(gated),
+                                         "postprocess": detector.postprocess})()
+    frames = _frames(photos, 9)
+    try:
+        assert engine.mean_batch == 0.0
+        first = engine.submit(frames[0])  # launched alone; its forward waits at the gate
+        deadline = time.monotonic() + 30
+        while engine.batches < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        rest = [engine.submit(f) for f in frames[1:]]  # the other 8 queue behind it: two batches of 4
+        gate.set()
+        for future in [first, *rest]:
+            future.result(timeout=120)
+    finally:
+        gate.set()
+        engine.close()
+    assert (engine.batches, engine.batched_items, engine.mean_batch) == (3, 9, 3.0)
