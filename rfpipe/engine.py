@@ -169,7 +169,9 @@ class Engine:
         self.batches = 0  # batches launched, and the images in them (`mean_batch`)
         self.batched_items = 0
         self._launched: queue.Queue = queue.Queue(maxsize=inflight)
-        self._decoded: queue.Queue = queue.Queue(maxsize=inflight)  # gpu_decode: decoded batches to launch
+        # gpu_decode: one decoded batch waits for the launching thread while the next is decoded (decoded
+        # frames are full-size on the device, so no more are held)
+        self._decoded: queue.Queue = queue.Queue(maxsize=1)
         self._threads = [threading.Thread(target=self._finish_loop, name="rfpipe-engine-post", daemon=True),
                          threading.Thread(target=self._work, name="rfpipe-engine", daemon=True)]
         if gpu_decode:
@@ -246,12 +248,13 @@ class Engine:
 
     def _enqueue(self, entry: _Item) -> None:
         with self._cond:
-            if self._stopping:
-                entry.future.set_exception(EngineClosed("the engine closed before this image ran"))
+            if not self._stopping:
+                self._queue.append(entry)
+                if len(self._queue) == 1 or len(self._queue) >= self.max_batch:  # a batch can start, or is full
+                    self._cond.notify()
                 return
-            self._queue.append(entry)
-            if len(self._queue) == 1 or len(self._queue) >= self.max_batch:  # a batch can start, or is full
-                self._cond.notify()
+        # Outside the lock: the future's done-callback (`_finished`) takes it.
+        entry.future.set_exception(EngineClosed("the engine closed before this image ran"))
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -341,14 +344,7 @@ class Engine:
         try:
             with torch.inference_mode():
                 while (batch := self._take()) is not None:
-                    try:
-                        batch = self._decode_on_device(batch)
-                    except Exception as error:  # the decoder itself failed: this batch fails, not the engine
-                        logger.warning("rfpipe engine: device decode of a batch of %d failed (%r)", len(batch), error)
-                        for entry in batch:
-                            if not entry.future.done():
-                                entry.future.set_exception(error)
-                        continue
+                    batch = self._decode_on_device(batch)
                     if batch:
                         self._decoded.put(batch)
         finally:
@@ -359,23 +355,30 @@ class Engine:
             while (launched := self._launched.get()) is not None:
                 batch, state = launched
                 try:
-                    results = self.finish(state)
+                    self._complete(batch, self.finish(state))
                 except Exception as error:
                     self._retry(batch, error)
-                    continue
-                for entry, result in zip(batch, results, strict=True):
-                    entry.future.set_result(result)
+
+    @staticmethod
+    def _complete(batch: list[_Item], results: list[Any]) -> None:
+        for entry, result in zip(batch, results, strict=True):  # `finish` gives one result per image
+            entry.future.set_result(result)
 
     def _decode_on_device(self, batch: list[_Item]) -> list[_Item]:
-        """nvJPEG for the batch's encoded items (gpu_decode=True); items that do not decode fail alone."""
-        from rfpipe.io.pool import decode_batch_on_device
+        """nvJPEG for the batch's encoded items (gpu_decode=True); items that do not decode fail alone,
+        and a failure of the decoder itself fails the encoded items only, not the frames beside them."""
+        from rfpipe.io import pool
 
         encoded = [e for e in batch if isinstance(e.frame, ENCODED)]
         if not encoded:
             return batch
         options = {} if self._max_pixels is None else {"max_pixels": self._max_pixels}
-        for entry, frame in zip(encoded, decode_batch_on_device([e.frame for e in encoded], self.decode_device,
-                                                                **options), strict=True):
+        try:
+            frames = pool.decode_batch_on_device([e.frame for e in encoded], self.decode_device, **options)
+        except Exception as error:
+            logger.warning("rfpipe engine: device decode of %d images failed (%r)", len(encoded), error)
+            frames = [error] * len(encoded)
+        for entry, frame in zip(encoded, frames, strict=True):
             if isinstance(frame, BaseException):
                 entry.future.set_exception(frame)
             else:
@@ -403,13 +406,10 @@ class Engine:
     def _run(self, batch: list[_Item]) -> None:
         """The batch start to finish on the calling thread (retries)."""
         try:
-            results = self.infer([e.frame for e in batch], [e.group() for e in batch],
-                                 [e.confidence for e in batch])
+            self._complete(batch, self.infer([e.frame for e in batch], [e.group() for e in batch],
+                                             [e.confidence for e in batch]))
         except Exception as error:
             self._retry(batch, error)
-            return
-        for entry, result in zip(batch, results, strict=True):
-            entry.future.set_result(result)
 
     def infer(self, frames: list[Any], groups: list[tuple], confidences: list[Any]) -> list[Any]:
         """Detections for each frame as one forward pass; `groups[i]` = (overrides, colour, image_size)."""
@@ -451,6 +451,8 @@ class Engine:
                 index = torch.tensor(positions, device=logits.device)
                 detections = detector.postprocess(logits.index_select(0, index), boxes.index_select(0, index),
                                                   [metadata[p] for p in positions], **options)
+            if len(detections) != len(positions):
+                raise RuntimeError(f"the detector answered {len(detections)} images for a batch of {len(positions)}")
             for position, detection in zip(positions, detections, strict=True):
                 results[order[position]] = detection
         return results

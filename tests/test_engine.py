@@ -216,12 +216,14 @@ def test_gpu_decode_decodes_each_batch_on_its_own_thread_while_the_batch_before_
         assert _same(result, detector(frame, confidence=0.3)[0])
 
 
-def test_a_device_decoder_failure_fails_its_batch_and_the_engine_keeps_running(detector, photos, monkeypatch):
+def test_a_device_decoder_failure_fails_its_encoded_images_only_and_the_engine_keeps_running(detector, photos,
+                                                                                              monkeypatch):
     import torch
 
     from rfpipe.io import pool
 
-    jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for f in _frames(photos, 2)]
+    frames = _frames(photos, 3)
+    jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for f in frames[1:]]
     real_decode = pool.decode_batch_on_device
     calls = []
 
@@ -234,16 +236,56 @@ def test_a_device_decoder_failure_fails_its_batch_and_the_engine_keeps_running(d
     monkeypatch.setattr(pool, "decode_batch_on_device", failing_once)
     on_cuda = type("OnCuda", (), {"preprocess": detector.preprocess, "forward": detector.forward,
                                   "postprocess": detector.postprocess, "device": torch.device("cuda")})()
-    engine = Engine(on_cuda, max_batch=1, max_wait_ms=0, gpu_decode=True, pin_frames=False)
+    engine = Engine(on_cuda, max_batch=2, max_wait_ms=2000, gpu_decode=True, pin_frames=False)
     engine.decode_device = torch.device("cpu")
     try:
-        first = engine.submit(jpegs[0])
+        ready, encoded = engine.submit(frames[0], confidence=0.3), engine.submit(jpegs[0])  # one batch of two
+        assert _same(ready.result(timeout=120), detector(frames[0], confidence=0.3)[0])
         with pytest.raises(MemoryError, match="out of memory"):
-            first.result(timeout=120)
-        assert isinstance(engine.submit(jpegs[1], confidence=0.3).result(timeout=120), rfpipe.Detections)
+            encoded.result(timeout=120)
+        assert calls == [1]
+        later = engine.submit(jpegs[1], confidence=0.3)
+        time.sleep(0.05)
+        engine.submit(frames[2])  # completes the second batch
+        assert isinstance(later.result(timeout=120), rfpipe.Detections)
         assert engine.alive
     finally:
         engine.close()
+
+
+def test_a_detector_that_answers_the_wrong_number_of_images_fails_them_and_the_engine_survives(detector, photos):
+    def one_short(logits, boxes, metadata, **options):
+        return detector.postprocess(logits, boxes, metadata, **options)[:-1]
+
+    engine = Engine(detector, max_batch=2, max_wait_ms=200)
+    engine.detector = type("OneShort", (), {"preprocess": detector.preprocess, "forward": detector.forward,
+                                            "postprocess": staticmethod(one_short)})()
+    frames = _frames(photos, 2)
+    try:
+        futures = [engine.submit(f) for f in frames]
+        for future in futures:
+            with pytest.raises(RuntimeError, match="answered 0 images for a batch of 1"):
+                future.result(timeout=120)
+        assert engine.alive
+    finally:
+        engine.close(timeout=60)
+    assert not engine.alive
+
+
+def test_leaving_a_stream_of_encoded_images_early_closes_the_engine(detector):
+    # Decodes still running when the stream is closed must not deadlock the engine's close.
+    rng = np.random.default_rng(0)
+    pngs = [cv2.imencode(".png", (rng.random((2400, 2400, 3)) * 255).astype(np.uint8))[1].tobytes() for _ in range(4)]
+    closed = threading.Event()
+
+    def consume():
+        for _ in detector.stream(pngs * 8, confidence=0.3, max_batch=8):
+            break  # the generator's close() closes the engine with decodes in flight
+        closed.set()
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    assert closed.wait(60), "the stream's engine did not close"
 
 
 def test_mean_batch_counts_the_images_of_the_batches_launched(detector, photos):
