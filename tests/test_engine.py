@@ -26,6 +26,18 @@ def _frames(photos, count: int) -> list[np.ndarray]:
             for i in range(count)]
 
 
+def _gated(detector) -> tuple[threading.Event, object]:
+    """A gate, and a stand-in for `detector` whose forward waits at the gate (up to 60 s)."""
+    gate = threading.Event()
+
+    def forward(batch):
+        gate.wait(60)
+        return detector.forward(batch)
+
+    return gate, type("Gated", (), {"preprocess": detector.preprocess, "forward": staticmethod(forward),
+                                    "postprocess": detector.postprocess})()
+
+
 def _same(a: rfpipe.Detections, b: rfpipe.Detections) -> bool:
     # ONNX Runtime's kernels may sum in another order at another batch size (~1e-7 on a score).
     return (np.array_equal(a.class_id, b.class_id) and np.allclose(a.confidence, b.confidence, atol=1e-5)
@@ -94,16 +106,8 @@ def test_fixed_batches_pad_to_one_size_and_the_padding_never_reaches_results(det
 
 
 def test_the_queue_is_bounded_and_close_drains_what_was_accepted(detector, photos):
-    gate = threading.Event()
-    original = detector.forward
-
-    def slow(batch):
-        gate.wait(60)
-        return original(batch)
-
     engine = Engine(detector, max_batch=1, max_wait_ms=0, queue_size=2)
-    engine.detector = type("Slow", (), {"preprocess": detector.preprocess, "forward": staticmethod(slow),
-                                        "postprocess": detector.postprocess})()
+    gate, engine.detector = _gated(detector)
     frames = _frames(photos, 3)
     accepted = [engine.submit(frames[0]), engine.submit(frames[1])]
     with pytest.raises(QueueFull):
@@ -289,16 +293,8 @@ def test_leaving_a_stream_of_encoded_images_early_closes_the_engine(detector):
 
 
 def test_mean_batch_counts_the_images_of_the_batches_launched(detector, photos):
-    gate = threading.Event()
-    original = detector.forward
-
-    def gated(batch):
-        gate.wait(60)
-        return original(batch)
-
     engine = Engine(detector, max_batch=4, max_wait_ms=1, inflight=1)
-    engine.detector = type("Gated", (), {"preprocess": detector.preprocess, "forward": staticmethod(gated),
-                                         "postprocess": detector.postprocess})()
+    gate, engine.detector = _gated(detector)
     frames = _frames(photos, 9)
     try:
         assert engine.mean_batch == 0.0
