@@ -1,5 +1,7 @@
-"""How long the compiled forward takes to start: cold, warm from the inductor cache directory, and warm
-from `torch.compiler.save_cache_artifacts()` (the "mega-cache"), each in a process of its own.
+"""How long the compiled forward takes to start: cold, warm from the inductor cache directory (loading on
+its own thread, as rfpipe does when the cache is marked warm, and with inductor's pool of compile
+workers, as before), and warm from `torch.compiler.save_cache_artifacts()` (the "mega-cache"), each in a
+process of its own. Each row says which of inductor's caches hit or missed, and dynamo's phase times.
 
 Each start is one `rfpipe.backends.compiled.CompiledForward` over the torch backend's forward of MODEL
 (a checkpoint or a package with weights.pth), one bucket; the three processes share a fresh cache
@@ -32,6 +34,9 @@ import rfpipe
 from rfpipe.backends.compiled import CompiledForward
 start, cache, model, device, dtype, bucket, mode = sys.argv[1:8]
 cache = Path(cache)
+if start == "warm-pool":  # the marks gone: rfpipe takes the lock and leaves inductor its compile workers
+    for mark in (cache / "inductor").glob("warm-b*"):
+        mark.unlink()
 detector = rfpipe.Detector.load(model, device=device, backend="torch", dtype=dtype, compile="none")
 loaded = 0.0
 if start == "mega-load":
@@ -42,8 +47,14 @@ size = detector.config.training_size
 forward = CompiledForward(detector.backend._forward, detector.device, buckets=(int(bucket),),
                           input_size=(size.width, size.height), cache_dir=cache / "inductor",
                           mode=None if mode == "default" else mode, progress=False, name="model")
-result = {{"start": start, "compiled": forward.compiled, "warm_s": forward.warm_s[int(bucket)] if forward.compiled else None,
-          "load_artifacts_s": loaded, "process_s": time.perf_counter() - t0}}
+from torch._dynamo.utils import counters
+from torch._dynamo.utils import compilation_time_metrics as phases
+hits = {{f"{{group}}.{{name}}": n for group in ("inductor", "aot_autograd") for name, n in counters[group].items()
+        if "cache" in name}}
+result = {{"start": start, "compiled": forward.compiled, "cache_warm": forward.cache_warm,
+          "warm_s": forward.warm_s[int(bucket)] if forward.compiled else None,
+          "load_artifacts_s": loaded, "process_s": time.perf_counter() - t0, "caches": hits,
+          "phases": {{k: round(sum(v), 2) for k, v in phases.items() if sum(v) > 0.2}}}}
 if start == "cold":
     artifacts = torch.compiler.save_cache_artifacts()
     if artifacts:
@@ -64,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="rfpipe-warm-start-") as cache:
-        for start in ("cold", "warm", "mega-load"):
+        for start in ("cold", "warm", "warm-pool", "mega-load"):
             begun = time.perf_counter()
             done = subprocess.run([sys.executable, "-c", CHILD.format(root=str(ROOT)), start, cache, args.model,
                                    args.device, args.dtype, str(args.bucket), args.mode],

@@ -11,14 +11,14 @@ Untrained RF-DETR Nano package (torch weights, stretch, RESOLUTION), built here.
    differences, images whose detections match exactly;
 5. batch_policy="fixed": 64 different images, each alone, at every position of a full batch among the
    others, and in shuffled batches: raw outputs and detections bit-identical or not;
-6. end to end through the engine, 720p JPEG bytes -> detections: OpenCV decode pool (16 threads,
-   pinned staging) and nvJPEG (gpu_decode=True), at max_batch 1/8/32; per-stage times (decode,
+6. end to end through the engine, 720p JPEG bytes -> detections: OpenCV decode pool (the engine's
+   default threads, 12 on 16 cores; pinned staging) and nvJPEG (gpu_decode=True), at max_batch 1/8/32; per-stage times (decode,
    preprocess, forward, post-process, each timed alone) and the ratio of each to its floor;
 7. batch-1 latency from a decoded frame (Detector call and engine submit -> result);
 8. inference-models 0.39's torch model on the same package and bytes, default and
-   optimize_for_inference(compile=True) at batch 8, when it imports and time allows;
-9. host-side variants at the middle bucket: 12 decode threads instead of 16 (cores left to the
-   engine's own threads), the interpreter's GIL switch interval at 1 ms instead of 5 ms, and where
+   optimize_for_inference(compile=True) at batch 8, when it imports (run right after step 2);
+9. host-side variants: 16 decode threads (every core) at the largest bucket, the interpreter's GIL
+   switch interval at 1 ms instead of 5 ms at the middle bucket, and where
    py-spy is installed, where the GIL goes (`py-spy record --gil` on this process during an OpenCV
    and an nvJPEG row: gil_*.txt, collapsed stacks, summarised per thread and function in engine.json).
 
@@ -49,7 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import rfpipe  # noqa: E402
-from rfpipe.engine import Engine  # noqa: E402
+from rfpipe.engine import Engine, default_decode_threads  # noqa: E402
 from rfpipe.io.decode import decode_image  # noqa: E402
 from rfpipe.samples import load_samples  # noqa: E402
 from rfpipe.tools.bench import plot_engine  # noqa: E402
@@ -248,8 +248,11 @@ def fixed_identity(detector: rfpipe.Detector, frames: list[np.ndarray], bucket: 
 
 # -- 6-7. end to end, stages, latency ----------------------------------------------------------------
 
+THREADS = default_decode_threads()  # the engine's own default (12 on 16 cores)
+
+
 def engine_fps(detector: rfpipe.Detector, encoded: list[bytes], max_batch: int, seconds: float, **options) -> dict:
-    options.setdefault("decode_threads", 16)
+    options.setdefault("decode_threads", THREADS)
     with Engine(detector, max_batch=max_batch, max_wait_ms=2.0, queue_size=max(256, 8 * max_batch),
                 **options) as engine:
         warm = [engine.submit(encoded[i % len(encoded)], confidence=0.4) for i in range(4 * max_batch)]
@@ -428,7 +431,11 @@ def main() -> None:
                             for b in BUCKETS for label, det in (("compiled_bf16", fast), ("eager_bf16", eager_bf16),
                                                                 ("eager_fp32", eager32))}
     log(f"forward: { {k: round(v['median_ms'], 2) for k, v in REPORT['forward_ms'].items()} }")
-    if cuda:
+    if cuda:  # inference-models early: the same-run ratio is a goal, the later rows are extras
+        baseline = optional("inference_models", 40, inference_models_fps, package, encoded, 8, seconds)
+        if baseline is not None:
+            REPORT["inference_models"] = baseline
+            log(f"inference-models: {baseline}")
         REPORT["warm_start"] = optional("warm_start", 60, warm_start, package, BUCKETS[len(BUCKETS) // 2])
         log(f"warm start: {REPORT['warm_start']}")
 
@@ -450,9 +457,9 @@ def main() -> None:
     rows = []
     for max_batch in BUCKETS:
         stages = stage_times(fast, encoded, max_batch)
-        row = {"pipeline": "rfpipe opencv-16", "max_batch": max_batch, "stages": stages,
+        row = {"pipeline": f"rfpipe opencv-{THREADS}", "max_batch": max_batch, "stages": stages,
                **engine_fps(fast, encoded, max_batch, seconds)}
-        longest = max(stages["decode_1thread_per_frame"]["median_ms"] * max_batch / 16,
+        longest = max(stages["decode_1thread_per_frame"]["median_ms"] * max_batch / THREADS,
                       stages["preprocess"]["median_ms"], stages["forward"]["median_ms"], stages["postprocess"]["median_ms"])
         row["per_batch_ms"] = 1e3 * max_batch / row["fps"]
         row["per_batch_over_longest_stage"] = row["per_batch_ms"] / longest
@@ -468,14 +475,15 @@ def main() -> None:
                 log(f"e2e nvjpeg max_batch {max_batch}: {gpu['fps']:.0f} frames/s")
     fixed = optional("fixed_policy_fps", 10, engine_fps, fast, encoded, drift_batch, seconds, batch_policy="fixed")
     if fixed is not None:
-        rows.append({"pipeline": "rfpipe opencv-16 fixed", "max_batch": drift_batch, **fixed})
-    variants = {"rfpipe opencv-12": (engine_fps, {"decode_threads": 12}),
-                "rfpipe opencv-16 switch 1 ms": (lambda *a, **k: with_switch_interval(0.001, engine_fps, *a, **k), {})}
-    for label, (fn, options) in variants.items():
-        row = optional("host_variants", 10, fn, fast, encoded, drift_batch, seconds, **options)
+        rows.append({"pipeline": f"rfpipe opencv-{THREADS} fixed", "max_batch": drift_batch, **fixed})
+    variants = {"rfpipe opencv-16": (BUCKETS[-1], engine_fps, {"decode_threads": 16}),
+                f"rfpipe opencv-{THREADS} switch 1 ms": (
+                    drift_batch, lambda *a, **k: with_switch_interval(0.001, engine_fps, *a, **k), {})}
+    for label, (max_batch, fn, options) in variants.items():
+        row = optional("host_variants", 10, fn, fast, encoded, max_batch, seconds, **options)
         if row is not None:
-            rows.append({"pipeline": label, "max_batch": drift_batch, **row})
-            log(f"e2e {label} max_batch {drift_batch}: {row['fps']:.0f} frames/s")
+            rows.append({"pipeline": label, "max_batch": max_batch, **row})
+            log(f"e2e {label} max_batch {max_batch}: {row['fps']:.0f} frames/s")
     profiles = [("opencv", drift_batch, {})] + ([("nvjpeg", BUCKETS[-1], {"gpu_decode": True})] if cuda else [])
     for name, max_batch, options in profiles:
         row = optional("gil_profile", 15, gil_profile, name, out, engine_fps, fast, encoded, max_batch, 6.0, **options)
@@ -501,10 +509,6 @@ def main() -> None:
             if result is not None:
                 REPORT["drift_vs_eager_fp32"][f"compiled_{dtype}"] = result
                 log(f"compiled {dtype}: {result}")
-        baseline = optional("inference_models", 40, inference_models_fps, package, encoded, 8, seconds)
-        if baseline is not None:
-            REPORT["inference_models"] = baseline
-            log(f"inference-models: {baseline}")
 
     REPORT["total_s"] = elapsed()
     (out / "engine.json").write_text(json.dumps(REPORT, indent=1, default=str))

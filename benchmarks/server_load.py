@@ -82,6 +82,8 @@ class Server:
             code = FAKE_SERVER
         root = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        self.started = time.monotonic()
+        self.start_s: float | None = None  # from the process's start to /readyz answering 200
         self.process = subprocess.Popen([sys.executable, "-c", code, *argv], env=env, cwd=root)
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -92,6 +94,8 @@ class Server:
                 raise RuntimeError(f"the server exited with {self.process.returncode}")
             try:
                 if request(self.url, "GET", "/readyz")[0] == 200:
+                    self.start_s = time.monotonic() - self.started
+                    print(json.dumps({"server_ready_s": round(self.start_s, 1)}), flush=True)
                     return self
             except OSError:
                 pass
@@ -422,6 +426,7 @@ def main() -> None:
     else:
         extra = args.server_arg
         with Server(args.model, args.device, args.max_batch, args.max_wait_ms, extra) as server:
+            report["server_ready_s"] = server.start_s
             report["levels"] = measure(server.url, server, f"max_batch={args.max_batch}", levels)
             if args.check:
                 report["check"] = check_under_load(server.url)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from rfpipe.backends.compiled import (
     bucket_for,
     bucket_sizes,
     cache_key,
+    cache_turn,
     weights_digest,
 )
 from rfpipe.backends.torch import TorchBackend
@@ -88,6 +91,53 @@ def test_compiled_forward_pads_to_its_bucket_and_returns_only_the_real_rows():
             assert torch.allclose(forward(other)[0], eager(other)[0], atol=1e-6)
     finally:
         forward.close()
+
+
+def test_a_cold_cache_is_compiled_by_one_process_at_a_time_and_marked_warm_only_on_success(tmp_path):
+    order = []
+    inside = threading.Event()
+
+    def first():
+        with cache_turn(tmp_path, (1, 8)) as warm:
+            order.append(("first", warm))
+            inside.set()
+            time.sleep(0.3)  # the second start must wait here for the lock
+            order.append(("first done", warm))
+
+    def second():
+        inside.wait()
+        with cache_turn(tmp_path, (1, 8)) as warm:
+            order.append(("second", warm))
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert order == [("first", False), ("first done", False), ("second", True)]
+    # A failed warm-up leaves no mark: the next start compiles again.
+    with pytest.raises(RuntimeError), cache_turn(tmp_path, (2,)):
+        raise RuntimeError("compile failed")
+    with cache_turn(tmp_path, (2,)) as warm:
+        assert not warm
+    with cache_turn(tmp_path, (2, 8)) as warm:
+        assert warm
+
+
+def test_a_second_compiled_forward_on_the_same_cache_directory_starts_warm(tmp_path):
+    module = RowWise().eval()
+
+    def eager(batch):
+        boxes, logits = module(batch)
+        return logits, boxes
+
+    starts = []
+    for _ in range(2):
+        forward = CompiledForward(eager, torch.device("cpu"), buckets=(1, 2), input_size=(12, 10), cache_dir=tmp_path,
+                                  compiler="eager", mode=None, progress=False)
+        starts.append((forward.compiled, forward.cache_warm))
+        forward.close()
+    assert starts == [(True, False), (True, True)]
 
 
 def test_a_compiler_failure_falls_back_to_eager_with_one_log_line(caplog, monkeypatch):

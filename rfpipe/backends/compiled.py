@@ -6,7 +6,10 @@ rows up to the smallest bucket that holds it and the padding's outputs are dropp
 rows do not interact at inference). Every bucket is compiled and warmed at load, with a progress
 bar on stderr; inductor's caches go to a directory keyed by everything that shapes the compiled
 code (`cache_key`), under `~/.cache/rfpipe/compile/` (or `$RFPIPE_COMPILE_CACHE`), so a second
-start of the same model on the same machine skips most of the compilation.
+start of the same model on the same machine skips most of the compilation. A bucket warmed once leaves
+a mark in that directory: a start that finds every mark loads the compiled code on its own thread
+(no pool of compile workers to spawn), and a start that does not takes the directory's lock first, so
+server processes starting together compile a model once and the others then load it.
 
 Every call runs on one thread of its own: CUDA graph trees are per thread, so graphs recorded at
 warm-up are the ones replayed, whichever thread calls. A compilation that fails falls back to the
@@ -18,6 +21,7 @@ eager forward with one log line; so does a call at a spatial size other than the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -27,7 +31,7 @@ import platform
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,11 @@ from typing import Any
 import torch
 
 from rfpipe.backends import Outputs, run_in_chunks
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock between processes
+    fcntl = None
 
 logger = logging.getLogger("rfpipe")
 
@@ -136,6 +145,62 @@ def compile_unavailable(device: torch.device) -> str | None:
     return None
 
 
+def _mark(cache_dir: Path, bucket: int) -> Path:
+    return cache_dir / f"warm-b{bucket}"
+
+
+@contextlib.contextmanager
+def cache_turn(cache_dir: Path | None, buckets: Sequence[int]) -> Iterator[bool]:
+    """Yield whether `cache_dir` already holds compiled code for every bucket (each warmed once before).
+
+    When it does not, the directory's lock is held for the body (other processes wait there, then
+    find the code in the cache) and each bucket is marked warm if the body finishes without error.
+
+    >>> import tempfile
+    >>> directory = Path(tempfile.mkdtemp())
+    >>> with cache_turn(directory, (1, 8)) as warm:
+    ...     warm
+    False
+    >>> with cache_turn(directory, (8,)) as warm:
+    ...     warm
+    True
+    """
+    if cache_dir is None:
+        yield False
+        return
+    if all(_mark(cache_dir, bucket).exists() for bucket in buckets):
+        yield True
+        return
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / ".lock", "a+") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            warm = all(_mark(cache_dir, bucket).exists() for bucket in buckets)
+            yield warm
+            for bucket in buckets:
+                _mark(cache_dir, bucket).touch()
+        finally:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def compile_threads(threads: int | None) -> Iterator[None]:
+    """Inductor's compile workers for the body (None: inductor's own choice, or $TORCHINDUCTOR_COMPILE_THREADS)."""
+    import torch._inductor.config as config  # imported on first compile, not with rfpipe
+
+    if threads is None or os.environ.get("TORCHINDUCTOR_COMPILE_THREADS") or not hasattr(config, "compile_threads"):
+        yield
+        return
+    before = config.compile_threads
+    config.compile_threads = threads
+    try:
+        yield
+    finally:
+        config.compile_threads = before
+
+
 _logged: set[str] = set()
 _log_lock = threading.Lock()
 
@@ -156,7 +221,8 @@ class CompiledForward:
     `compiler` is torch.compile's backend ("inductor", or any backend torch.compile takes) and `mode`
     its mode (None with backends other than inductor).
     `cache_dir` is where inductor writes (None: inductor's default). After construction `compiled`
-    says whether the compiled path is in use and `warm_s` holds each bucket's warm-up seconds.
+    says whether the compiled path is in use, `warm_s` holds each bucket's warm-up seconds and
+    `cache_warm` whether the cache held every bucket already.
     """
 
     def __init__(self, fn: Callable[[torch.Tensor], Outputs], device: torch.device, *, buckets: Sequence[int],
@@ -170,6 +236,7 @@ class CompiledForward:
         self.cudagraphs = mode == "reduce-overhead"
         self.name = name
         self.warm_s: dict[int, float] = {}
+        self.cache_warm = False  # whether every bucket had been warmed in cache_dir before
         self.compiled = False
         self._runner = ThreadPoolExecutor(1, thread_name_prefix="rfpipe-forward")
         options: dict[str, Any] = {"backend": compiler, "dynamic": False}
@@ -210,17 +277,19 @@ class CompiledForward:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.cache_dir)
         width, height = self.input_size
         try:
-            buckets, show = self._progress(progress)
-            for bucket in buckets:
-                show(bucket)
-                start = time.perf_counter()
-                batch = torch.zeros((bucket, 3, height, width), device=self.device)
-                with torch.inference_mode():
-                    for _ in range(WARM_CALLS):
-                        self._call(batch)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                self.warm_s[bucket] = time.perf_counter() - start
+            with cache_turn(self.cache_dir, self.buckets) as warm, compile_threads(1 if warm else None):
+                self.cache_warm = warm
+                buckets, show = self._progress(progress)
+                for bucket in buckets:
+                    show(bucket)
+                    start = time.perf_counter()
+                    batch = torch.zeros((bucket, 3, height, width), device=self.device)
+                    with torch.inference_mode():
+                        for _ in range(WARM_CALLS):
+                            self._call(batch)
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    self.warm_s[bucket] = time.perf_counter() - start
         finally:
             if self.cache_dir is not None:
                 if previous is None:

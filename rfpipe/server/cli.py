@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, default=16, help="images per request")
     p.add_argument("--allow-url-input", action="store_true",
                    help="fetch images given as URLs (public addresses only; off by default)")
-    p.add_argument("--decode-threads", type=int, default=None)
+    p.add_argument("--decode-threads", type=int, default=None,
+                   help="image decode threads per server process (default: the cores shared by --processes, at most 8)")
     p.add_argument("--gpu-decode", action="store_true",
                    help="decode JPEG with nvJPEG on the first CUDA device (torchvision): NOT "
                         "bit-identical to OpenCV's decode, so answers drift slightly (docs/serving.md); "
@@ -77,8 +79,18 @@ def parse_devices(text: str) -> list[str]:
     return devices
 
 
+def default_server_decode_threads(processes: int, cpus: int | None = None) -> int:
+    """Decode threads per server process: the machine's cores shared by the processes, 8 at most.
+
+    >>> default_server_decode_threads(1, 16), default_server_decode_threads(4, 16), default_server_decode_threads(8, 16)
+    (8, 4, 2)
+    """
+    cpus = cpus or os.cpu_count() or 1
+    return max(1, min(8, cpus // max(1, processes)))
+
+
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
-    extra = {"decode_threads": args.decode_threads} if args.decode_threads else {}
+    extra = {"decode_threads": args.decode_threads or default_server_decode_threads(args.processes)}
     return ServerSettings(
         model_id=args.model_id or Path(args.model).resolve().name,
         max_batch=engine_max_batch(args), max_wait_ms=args.max_wait_ms, batch_policy=args.batch_policy,

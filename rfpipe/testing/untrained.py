@@ -45,7 +45,8 @@ VARIANTS = {
 }
 
 
-def build_checkpoint(path: str | Path, resolution: int = RESOLUTION, seed: int = SEED) -> Path:
+def build_checkpoint(path: str | Path, resolution: int = RESOLUTION, seed: int = SEED,
+                     class_names: tuple[str, ...] = CLASS_NAMES) -> Path:
     """Write a random-initialised RF-DETR Nano training checkpoint (`model`, `args`, `model_name`, `model_config`).
 
     >>> build_checkpoint("/tmp/nano.pth")  # slow  # doctest: +SKIP
@@ -54,7 +55,7 @@ def build_checkpoint(path: str | Path, resolution: int = RESOLUTION, seed: int =
     torch.manual_seed(seed)
     with quiet_rfdetr():
         wrapper = rfdetr.RFDETRNano(
-            pretrain_weights=None, resolution=resolution, num_classes=len(CLASS_NAMES),
+            pretrain_weights=None, resolution=resolution, num_classes=len(class_names),
             positional_encoding_size=24,  # Nano's own grid, as trained packages carry it
             device="cpu",
         )
@@ -74,7 +75,7 @@ def build_checkpoint(path: str | Path, resolution: int = RESOLUTION, seed: int =
     torch.save(
         {
             "model": module.state_dict(),
-            "args": {"class_names": list(CLASS_NAMES), "num_classes": len(CLASS_NAMES),
+            "args": {"class_names": list(class_names), "num_classes": len(class_names),
                      "resolution": resolution, "pretrain_weights": None},
             "model_name": "RFDETRNano",
             "model_config": model_config,
