@@ -21,6 +21,7 @@ REASONS = {"gpu", "model", "file", "network", "server", "slow", "sketch"}
 # Modules whose examples need no model, GPU or file: every one of their examples runs.
 RUNNABLE = [
     "rfpipe.arguments",
+    "rfpipe.backends.compiled",
     "rfpipe.config",
     "rfpipe.detections",
     "rfpipe.devices",
@@ -36,6 +37,7 @@ RUNNABLE = [
     "rfpipe.preprocess.inputs",
     "rfpipe.preprocess.kernels.float_tables",
     "rfpipe.samples",
+    "rfpipe.server.cli",
 ]
 PACKAGE = Path(rfpipe.__file__).parent
 # The server's examples are the server helper's to convert (issue #9); remove this once done.
