@@ -97,7 +97,7 @@ for step in $steps; do
             $T 150 $L --server-arg=--compile=auto --max-batch 32 --server-arg=--dtype=float32 --server-arg=--buckets=32 \
               --concurrency 64 --requests 4000 --json "$OUT/e4_fp32.json" 2>&1 | log
             $T 120 $L --server-arg=--compile=auto --max-batch 32 --server-arg=--dtype=bfloat16 \
-              --server-arg=--buckets=1,8,32 --server-arg=--processes=8 --server-arg=--gpu-decode --concurrency 64,256 \
+              --server-arg=--buckets=1,8,32 --server-arg=--processes=8 --server-arg=--gpu-decode --concurrency 1,64,256 \
               --requests 8000 --json "$OUT/e4_processes8_nvjpeg.json" 2>&1 | log ;;
     levels) $T 300 $B --device cuda:0 --concurrency 1,8,64 --requests 400 --cap-s 15 --check \
               --compare-max-batch 1 --json "$OUT/levels.json" 2>&1 | log ;;
