@@ -32,14 +32,17 @@ export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 python3 setup.py build_ext --inplace -q >/dev/null 2>&1 || echo "C extension build failed"
 export PYTHONPATH="${SITE:-/tmp/site}:$PWD"
-[ -f /tmp/m/checkpoint.pth ] || python3 -c "from rfpipe.testing.untrained import build_checkpoint; build_checkpoint('/tmp/m/checkpoint.pth')"
+steps=${*:-engine}
+# The untrained Nano 320 checkpoint, for the steps that serve it (engine3 and later serve $PACKAGE)
+if [ -n "$(echo " $steps " | tr ' ' '\n' | grep -v -E '^(engine3|engine4|engine4b|engine5|)$')" ]; then
+  [ -f /tmp/m/checkpoint.pth ] || python3 -c "from rfpipe.testing.untrained import build_checkpoint; build_checkpoint('/tmp/m/checkpoint.pth')"
+fi
 B="python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 720 --max-batch 16"
 # Output lines go to stdout only (the device returns at most 8 files); each step writes its JSON to $OUT.
 # SIGINT (KeyboardInterrupt) lets server_load.py stop the server it started; SIGTERM would orphan it.
 T="timeout --signal=INT -k 30"
 log() { grep --line-buffered -v -E "UserWarning|FutureWarning|DeprecationWarning|warnings.warn"; }
 gpus=$(python3 -c 'import torch; print(torch.cuda.device_count())')
-steps=${*:-engine}
 E="python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 720 --concurrency 1,8,64,256 --requests 3000 --cap-s 8"
 for step in $steps; do
   case $step in
@@ -91,6 +94,17 @@ for step in $steps; do
               --server-arg=--batch-policy=fixed --server-arg=--compile=auto --server-arg=--buckets=32 \
               --server-arg=--dtype=bfloat16 --server-arg=--processes=4 --concurrency 64 --requests 4000 --cap-s 6 \
               --client-processes 4 --check --json "$OUT/e4_fixed_check.json" 2>&1 | log ;;
+    engine5) # the compact set for a short lease, right after engine_device.py with the same BUCKETS (default 8,32;
+            # warm cache): compiled bfloat16 at 1/8/64/256, --processes 8 at 64/256, fixed policy --processes 4 --check
+            # (about 4.5 min)
+            P=${PACKAGE:-/tmp/pkg384/stretch}
+            L="python3 benchmarks/server_load.py --model $P --image-side 720 --device cuda:0 --client-processes 4 --cap-s 5"
+            C="--server-arg=--compile=auto --max-batch 32 --server-arg=--dtype=bfloat16 --server-arg=--buckets=${BUCKETS:-8,32}"
+            $T 95 $L $C --concurrency 1,8,64,256 --requests 6000 --json "$OUT/e5_bf16.json" 2>&1 | log
+            $T 100 $L $C --server-arg=--processes=8 --concurrency 64,256 --requests 8000 --json "$OUT/e5_processes8.json" 2>&1 | log
+            $T 80 $L --max-batch 32 --server-arg=--batch-policy=fixed --server-arg=--compile=auto --server-arg=--buckets=32 \
+              --server-arg=--dtype=bfloat16 --server-arg=--processes=4 --concurrency 64 --requests 4000 --check \
+              --json "$OUT/e5_fixed_check.json" 2>&1 | log ;;
     engine4b) # compiled float32 (one cold bucket, 32) and nvJPEG with 8 processes, after engine4
             P=${PACKAGE:-/tmp/pkg384/stretch}
             L="python3 benchmarks/server_load.py --model $P --image-side 720 --device cuda:0 --client-processes 4 --cap-s 6"

@@ -140,6 +140,41 @@ def test_a_second_compiled_forward_on_the_same_cache_directory_starts_warm(tmp_p
     assert starts == [(True, False), (True, True)]
 
 
+def test_each_bucket_compiles_once_whatever_kind_of_batch_arrives():
+    """Batches made in or out of inference mode, contiguous or not, at every bucket: one graph per bucket
+    (a second graph for the same bucket is a full recompile on the GPU, 30-50 s)."""
+    module = RowWise().eval()
+    graphs = []
+
+    def counting(graph, example_inputs):
+        graphs.append(tuple(example_inputs[0].shape) if example_inputs else None)
+        return graph.forward
+
+    def eager(batch):
+        boxes, logits = module(batch)
+        return logits, boxes
+
+    torch._dynamo.reset()
+    forward = CompiledForward(eager, torch.device("cpu"), buckets=(1, 2, 4), input_size=(12, 10),
+                              compiler=counting, mode=None, progress=False)
+    try:
+        assert forward.compiled and len(graphs) == 3
+        for rows in (1, 2, 3, 4):
+            plain = torch.rand(rows, 3, 10, 12)
+            strided = torch.rand(rows, 10, 12, 3).permute(0, 3, 1, 2)  # channels-last strides
+            with torch.inference_mode():
+                inference = torch.rand(rows, 3, 10, 12)
+            for batch in (plain, strided, inference):
+                with torch.inference_mode():
+                    want = eager(batch)
+                logits, boxes = forward(batch)
+                assert torch.allclose(logits, want[0], atol=1e-6) and torch.allclose(boxes, want[1], atol=1e-6)
+        assert len(graphs) == 3, f"recompiled: {graphs}"
+    finally:
+        forward.close()
+        torch._dynamo.reset()
+
+
 def test_a_compiler_failure_falls_back_to_eager_with_one_log_line(caplog, monkeypatch):
     from rfpipe.backends import compiled
 

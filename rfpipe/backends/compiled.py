@@ -252,7 +252,7 @@ class CompiledForward:
 
     def _limit_recompiles(self) -> None:
         config = torch._dynamo.config
-        wanted = len(self.buckets) + 2
+        wanted = 2 * len(self.buckets) + 8  # one graph per bucket; the rest is headroom
         for attribute in ("recompile_limit", "cache_size_limit"):
             if hasattr(config, attribute):
                 setattr(config, attribute, max(getattr(config, attribute), wanted))
@@ -298,6 +298,11 @@ class CompiledForward:
                     os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
 
     def _call(self, batch: torch.Tensor) -> Outputs:
+        # One kind of input per bucket (called in inference mode): dynamo guards on whether a tensor is an
+        # inference tensor and on its strides, so a batch made outside inference mode (a caller's, or the
+        # warm-up's) or laid out otherwise would compile its bucket a second time.
+        if not batch.is_inference() or not batch.is_contiguous():
+            batch = batch.clone(memory_format=torch.contiguous_format)
         if self.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
         logits, boxes = self._fn(batch)
