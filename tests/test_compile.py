@@ -19,6 +19,7 @@ from rfpipe.backends.compiled import (
     CompiledForward,
     bucket_for,
     bucket_sizes,
+    cache_facts,
     cache_key,
     cache_turn,
     weights_digest,
@@ -235,6 +236,22 @@ def test_the_cache_key_changes_with_model_dtype_bucket_input_and_versions():
     ]
     keys = {cache_key(**{**base, **change}) for change in changed}
     assert key not in keys and len(keys) == len(changed)
+
+
+def test_the_cache_directory_follows_the_float32_matmul_settings():
+    """A float32 model loaded first sets allow_tf32, and inductor's cache then misses (seen on an H100:
+    a 'warm' server compiled for 65 s): the directory, and so its warm marks, must differ too."""
+    matmul = torch.backends.cuda.matmul
+    precision, allowed = getattr(matmul, "fp32_precision", None), matmul.allow_tf32
+    before = cache_facts(torch.device("cpu"))
+    try:
+        matmul.allow_tf32 = not allowed
+        assert cache_facts(torch.device("cpu"))["matmul"] != before["matmul"]
+    finally:
+        matmul.allow_tf32 = allowed
+        if precision is not None:
+            matmul.fp32_precision = precision
+    assert cache_facts(torch.device("cpu"))["matmul"] == before["matmul"]
 
 
 def test_backend_options_are_checked_by_the_backend_and_named(packages):  # noqa: F811

@@ -97,10 +97,24 @@ def _version(package: str) -> str:
         return "absent"
 
 
+def matmul_settings() -> str:
+    """The process-wide float32 matmul settings, which inductor's own cache keys on: setting
+    `allow_tf32` at all (an earlier float32 model's load does) gives other compiled code.
+
+    >>> matmul_settings().count(",")
+    2
+    """
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None) or str(matmul.allow_tf32)
+    return (f"{precision},{matmul.allow_fp16_reduced_precision_reduction},"
+            f"{matmul.allow_bf16_reduced_precision_reduction}")
+
+
 def cache_facts(device: torch.device) -> dict[str, str]:
-    """The facts of this machine that shape compiled code: versions, GPU name and capability."""
+    """The facts of this machine and process that shape compiled code: versions, GPU name and
+    capability, float32 matmul settings."""
     facts = {"torch": torch.__version__, "triton": _version("triton"), "rfdetr": _version("rfdetr"),
-             "python": platform.python_version(), "cuda": str(torch.version.cuda)}
+             "python": platform.python_version(), "cuda": str(torch.version.cuda), "matmul": matmul_settings()}
     if device.type == "cuda":
         facts["gpu"] = torch.cuda.get_device_name(device)
         major, minor = torch.cuda.get_device_capability(device)
