@@ -125,6 +125,22 @@ def test_a_cold_cache_is_compiled_by_one_process_at_a_time_and_marked_warm_only_
         assert warm
 
 
+def test_a_cache_directory_without_locks_still_compiles(tmp_path, monkeypatch):
+    from rfpipe.backends import compiled
+
+    if compiled.fcntl is None:
+        pytest.skip("no fcntl here")
+
+    def refuse(file, operation):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(compiled.fcntl, "flock", refuse)
+    with cache_turn(tmp_path, (4,)) as warm:
+        assert not warm
+    with cache_turn(tmp_path, (4,)) as warm:
+        assert warm
+
+
 def test_a_second_compiled_forward_on_the_same_cache_directory_starts_warm(tmp_path):
     module = RowWise().eval()
 

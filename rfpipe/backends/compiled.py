@@ -187,16 +187,28 @@ def cache_turn(cache_dir: Path | None, buckets: Sequence[int]) -> Iterator[bool]
         return
     cache_dir.mkdir(parents=True, exist_ok=True)
     with open(cache_dir / ".lock", "a+") as lock:
-        if fcntl is not None:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        locked = _lock(lock)
         try:
             warm = all(_mark(cache_dir, bucket).exists() for bucket in buckets)
             yield warm
             for bucket in buckets:
                 _mark(cache_dir, bucket).touch()
         finally:
-            if fcntl is not None:
+            if locked:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _lock(file: Any) -> bool:
+    """Take `file`'s exclusive lock, waiting; False where there is none (Windows, a file system without locks)."""
+    if fcntl is None:
+        return False
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX)
+    except OSError as error:  # compiling without the lock beats not compiling
+        log_once("rfpipe: no lock on the compile cache (%s); processes starting together may each compile", error,
+                 level=logging.INFO)
+        return False
+    return True
 
 
 @contextlib.contextmanager
