@@ -35,7 +35,7 @@ from rfpipe.backends.compiled import CompiledForward
 start, cache, model, device, dtype, bucket, mode = sys.argv[1:8]
 cache = Path(cache)
 if start == "warm-pool":  # the marks gone: rfpipe takes the lock and leaves inductor its compile workers
-    for mark in (cache / "inductor").glob("warm-b*"):
+    for mark in (cache / "inductor").glob("warm-*"):
         mark.unlink()
 detector = rfpipe.Detector.load(model, device=device, backend="torch", dtype=dtype, compile="none")
 loaded = 0.0

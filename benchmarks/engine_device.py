@@ -349,6 +349,22 @@ def gil_profile(name: str, out: Path, fn, *args, **kwargs) -> dict:
 # -- 8. inference-models -----------------------------------------------------------------------------
 
 def inference_models_fps(package: Path, encoded: list[bytes], batch: int, seconds: float) -> dict:
+    """inference-models at `batch`; the float32 matmul settings its import changes are put back after
+    (it sets `torch.set_float32_matmul_precision("high")`, which would recompile rfpipe's compiled
+    forward on its next call and give the float32 reference TF32 matmuls)."""
+    matmul = torch.backends.cuda.matmul
+    legacy, precision = torch.get_float32_matmul_precision(), getattr(matmul, "fp32_precision", None)
+    cudnn = torch.backends.cudnn.allow_tf32
+    try:
+        return _inference_models_fps(package, encoded, batch, seconds)
+    finally:
+        torch.set_float32_matmul_precision(legacy)
+        if precision is not None:
+            matmul.fp32_precision = precision
+        torch.backends.cudnn.allow_tf32 = cudnn
+
+
+def _inference_models_fps(package: Path, encoded: list[bytes], batch: int, seconds: float) -> dict:
     from inference_models.models.rfdetr.rfdetr_object_detection_pytorch import (
         RFDetrForObjectDetectionTorch,
     )

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 
@@ -116,6 +118,30 @@ def test_a_cold_cache_is_compiled_by_one_process_at_a_time_and_marked_warm_only_
     for thread in threads:
         thread.join(10)
     assert order == [("first", False), ("first done", False), ("second", True)]
+    # Starts that waited for a cold compile then load together, not one at a time.
+    spans = {}
+    directory = tmp_path / "together"
+
+    def start(name, hold):
+        with cache_turn(directory, (1,)) as warm:
+            began = time.monotonic()
+            time.sleep(hold)
+            spans[name] = (warm, began, time.monotonic())
+
+    compiler = threading.Thread(target=start, args=("compiler", 0.3))
+    compiler.start()
+    time.sleep(0.1)
+    loaders = [threading.Thread(target=start, args=(f"loader{i}", 0.3)) for i in range(2)]
+    for thread in loaders:
+        thread.start()
+    for thread in [compiler, *loaders]:
+        thread.join(10)
+    assert [spans[n][0] for n in ("compiler", "loader0", "loader1")] == [False, True, True]
+    (_, a0, a1), (_, b0, b1) = spans["loader0"], spans["loader1"]
+    assert a0 < b1 and b0 < a1, f"the loads ran one after the other: {spans}"
+    # A mark names what was compiled: another model in the same directory is not warm.
+    with cache_turn(directory, (1,), tag="another") as warm:
+        assert not warm
     # A failed warm-up leaves no mark: the next start compiles again.
     with pytest.raises(RuntimeError), cache_turn(tmp_path, (2,)):
         raise RuntimeError("compile failed")
@@ -181,7 +207,8 @@ def test_each_bucket_compiles_once_whatever_kind_of_batch_arrives():
             strided = torch.rand(rows, 10, 12, 3).permute(0, 3, 1, 2)  # channels-last strides
             with torch.inference_mode():
                 inference = torch.rand(rows, 3, 10, 12)
-            for batch in (plain, strided, inference):
+                every_other = torch.rand(2 * rows, 3, 10, 12)[::2]  # a batch stride is_contiguous() ignores at 1 row
+            for batch in (plain, strided, inference, every_other):
                 with torch.inference_mode():
                     want = eager(batch)
                 logits, boxes = forward(batch)
@@ -252,6 +279,21 @@ def test_the_cache_key_changes_with_model_dtype_bucket_input_and_versions():
     ]
     keys = {cache_key(**{**base, **change}) for change in changed}
     assert key not in keys and len(keys) == len(changed)
+
+
+def test_loading_a_float32_model_leaves_matmul_settings_it_does_not_need_to_change():
+    """Writing allow_tf32=False over a fresh process's default still changes torch's float32 precision
+    setting, which compiled models key on: a float32 load must not write it when it is already off.
+    (A fresh process: this one's settings may have been written by other tests.)"""
+    code = ("import torch; from rfpipe.backends.torch import set_tf32; m = torch.backends.cuda.matmul; "
+            "before = getattr(m, 'fp32_precision', 'absent'); set_tf32(False); "
+            "print(before, getattr(m, 'fp32_precision', 'absent'), m.allow_tf32, torch.backends.cudnn.allow_tf32); "
+            "set_tf32(True); print(m.allow_tf32, torch.backends.cudnn.allow_tf32)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    first, second = done.stdout.split("\n")[:2]
+    before, after, matmul, cudnn = first.split()
+    assert before == after and (matmul, cudnn) == ("False", "False")
+    assert second.split() == ["True", "True"]
 
 
 def test_the_cache_directory_follows_the_float32_matmul_settings():

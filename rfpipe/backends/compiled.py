@@ -159,16 +159,19 @@ def compile_unavailable(device: torch.device) -> str | None:
     return None
 
 
-def _mark(cache_dir: Path, bucket: int) -> Path:
-    return cache_dir / f"warm-b{bucket}"
+def _mark(cache_dir: Path, tag: str, bucket: int) -> Path:
+    return cache_dir / f"warm-{tag}-b{bucket}"
 
 
 @contextlib.contextmanager
-def cache_turn(cache_dir: Path | None, buckets: Sequence[int]) -> Iterator[bool]:
-    """Yield whether `cache_dir` already holds compiled code for every bucket (each warmed once before).
+def cache_turn(cache_dir: Path | None, buckets: Sequence[int], tag: str = "model") -> Iterator[bool]:
+    """Yield whether `cache_dir` already holds the compiled code of `tag` (what is compiled: a short
+    key) for every bucket, each warmed there once before.
 
     When it does not, the directory's lock is held for the body (other processes wait there, then
-    find the code in the cache) and each bucket is marked warm if the body finishes without error.
+    find the code in the cache and load it together) and each bucket is marked warm if the body
+    finishes without error. A mark says a warm-up succeeded with this directory, not that inductor
+    kept everything: a start that finds marks but not the code compiles it again, on one thread.
 
     >>> import tempfile
     >>> directory = Path(tempfile.mkdtemp())
@@ -182,20 +185,23 @@ def cache_turn(cache_dir: Path | None, buckets: Sequence[int]) -> Iterator[bool]
     if cache_dir is None:
         yield False
         return
-    if all(_mark(cache_dir, bucket).exists() for bucket in buckets):
+    if all(_mark(cache_dir, tag, bucket).exists() for bucket in buckets):
         yield True
         return
     cache_dir.mkdir(parents=True, exist_ok=True)
     with open(cache_dir / ".lock", "a+") as lock:
         locked = _lock(lock)
         try:
-            warm = all(_mark(cache_dir, bucket).exists() for bucket in buckets)
-            yield warm
-            for bucket in buckets:
-                _mark(cache_dir, bucket).touch()
+            warm = all(_mark(cache_dir, tag, bucket).exists() for bucket in buckets)
+            if not warm:  # this process compiles; the others wait
+                yield False
+                for bucket in buckets:
+                    _mark(cache_dir, tag, bucket).touch()
         finally:
             if locked:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+    if warm:  # another process compiled it while this one waited: load without holding the lock
+        yield True
 
 
 def _lock(file: Any) -> bool:
@@ -225,6 +231,19 @@ def compile_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         config.compile_threads = before
+
+
+def _contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
+    """Row-major strides of `shape` (`is_contiguous()` ignores the strides of size-1 dimensions; dynamo does not).
+
+    >>> _contiguous_strides((2, 3, 4))
+    (12, 4, 1)
+    """
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
 
 
 _logged: set[str] = set()
@@ -265,6 +284,7 @@ class CompiledForward:
         self.cache_warm = False  # whether every bucket had been warmed in cache_dir before
         self.compiled = False
         self._runner = ThreadPoolExecutor(1, thread_name_prefix="rfpipe-forward")
+        self._compiler = compiler
         options: dict[str, Any] = {"backend": compiler, "dynamic": False}
         if mode is not None:
             options["mode"] = mode
@@ -303,7 +323,11 @@ class CompiledForward:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.cache_dir)
         width, height = self.input_size
         try:
-            with cache_turn(self.cache_dir, self.buckets) as warm, compile_threads(1 if warm else None):
+            compiler = self._compiler if isinstance(self._compiler, str) else getattr(
+                self._compiler, "__qualname__", type(self._compiler).__name__)
+            tag = hashlib.sha256(repr((self.name, self.input_size, self.cudagraphs, compiler,
+                                       matmul_settings())).encode()).hexdigest()[:12]
+            with cache_turn(self.cache_dir, self.buckets, tag) as warm, compile_threads(1 if warm else None):
                 self.cache_warm = warm
                 buckets, show = self._progress(progress)
                 for bucket in buckets:
@@ -327,7 +351,7 @@ class CompiledForward:
         # One kind of input per bucket (called in inference mode): dynamo guards on whether a tensor is an
         # inference tensor and on its strides, so a batch made outside inference mode (a caller's, or the
         # warm-up's) or laid out otherwise would compile its bucket a second time.
-        if not batch.is_inference() or not batch.is_contiguous():
+        if not batch.is_inference() or batch.stride() != _contiguous_strides(batch.shape):
             batch = batch.clone(memory_format=torch.contiguous_format)
         if self.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()

@@ -95,6 +95,23 @@ def quiet_rfdetr():
         rf_logger.setLevel(level)
 
 
+def set_tf32(allowed: bool) -> None:
+    """TF32 for float32 matmuls and convolutions, process-wide, touching only a switch that differs:
+    writing the matmul switch at all changes torch's float32 precision setting, which compiled code
+    (inductor's cache, dynamo's guards) keys on, so an unneeded write recompiles models loaded before.
+
+    >>> set_tf32(False); torch.backends.cudnn.allow_tf32
+    False
+    """
+    for switches in (torch.backends.cuda.matmul, torch.backends.cudnn):
+        try:
+            current = bool(switches.allow_tf32)
+        except RuntimeError:  # torch refuses to read it once both of its TF32 APIs were used: write it
+            current = not allowed
+        if current != allowed:
+            switches.allow_tf32 = allowed
+
+
 class TorchBackend:
     """Calls an RF-DETR module in export mode: batch -> (logits, boxes), float32, on `device`.
 
@@ -129,8 +146,7 @@ class TorchBackend:
         self.dtype_name = dtype
         self.dtype = DTYPES[dtype]
         if self.device.type == "cuda" and self.dtype == torch.float32:
-            torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
-            torch.backends.cudnn.allow_tf32 = dtype == "tf32"
+            set_tf32(dtype == "tf32")
         module = module.eval()
         if hasattr(module, "export"):
             module.export()  # single-group forward returning (boxes, logits) without auxiliary outputs
