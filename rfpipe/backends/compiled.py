@@ -325,8 +325,10 @@ class CompiledForward:
         try:
             compiler = self._compiler if isinstance(self._compiler, str) else getattr(
                 self._compiler, "__qualname__", type(self._compiler).__name__)
-            tag = hashlib.sha256(repr((self.name, self.input_size, self.cudagraphs, compiler,
-                                       matmul_settings())).encode()).hexdigest()[:12]
+            inductor_env = sorted((k, v) for k, v in os.environ.items()
+                                  if k.startswith("TORCHINDUCTOR_") and k != "TORCHINDUCTOR_CACHE_DIR")
+            tag = hashlib.sha256(repr((self.name, self.input_size, self.cudagraphs, compiler, matmul_settings(),
+                                       inductor_env)).encode()).hexdigest()[:12]
             with cache_turn(self.cache_dir, self.buckets, tag) as warm, compile_threads(1 if warm else None):
                 self.cache_warm = warm
                 buckets, show = self._progress(progress)
