@@ -45,6 +45,9 @@ B="python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 
 T="timeout --signal=INT -k 30"
 log() { grep --line-buffered -v -E "UserWarning|FutureWarning|DeprecationWarning|warnings.warn"; }
 gpus=$(python3 -c 'import torch; print(torch.cuda.device_count())')
+# engine3 and later serve an untrained Nano 384 package ($PACKAGE), clients spread over 4 processes
+P=${PACKAGE:-/tmp/pkg384/stretch}
+PL="python3 benchmarks/server_load.py --model $P --image-side 720 --device cuda:0 --client-processes 4"
 E="python3 benchmarks/server_load.py --model /tmp/m/checkpoint.pth --image-side 720 --concurrency 1,8,64,256 --requests 3000 --cap-s 8"
 for step in $steps; do
   case $step in
@@ -68,8 +71,7 @@ for step in $steps; do
                 --server-arg=--processes=$n --concurrency 64,256 --requests 4000 --cap-s 8 \
                 --json "$OUT/engine_processes$n.json" 2>&1 | log
             done ;;
-    engine3) P=${PACKAGE:-/tmp/pkg384/stretch}
-            L="python3 benchmarks/server_load.py --model $P --image-side 720 --device cuda:0 --client-processes 4 --cap-s 6"
+    engine3) L="$PL --cap-s 6"
             C="--server-arg=--compile=auto --max-batch 32 --server-arg=--dtype=bfloat16 --server-arg=--buckets=8,32"
             $T 45 $L --max-batch 32 --concurrency 64 --requests 3000 --json "$OUT/e3_eager.json" 2>&1 | log
             $T 80 $L $C --concurrency 1,8,64,256 --requests 6000 --json "$OUT/e3_bf16.json" 2>&1 | log
@@ -85,8 +87,7 @@ for step in $steps; do
             # the bfloat16 buckets; on a fresh machine the first compiled row compiles them, about 110 s). Every row prints
             # server_ready_s. Eager at 64 (the same run's baseline); compiled bfloat16, one process, at 1/8/64/256;
             # --max-wait-ms 0 at 1 (no wait for company); --processes 4 at 64/256.
-            P=${PACKAGE:-/tmp/pkg384/stretch}
-            L="python3 benchmarks/server_load.py --model $P --image-side 720 --device cuda:0 --client-processes 4 --cap-s 6"
+            L="$PL --cap-s 6"
             C="--server-arg=--compile=auto --max-batch 32 --server-arg=--dtype=bfloat16 --server-arg=--buckets=${BUCKETS:-1,8,32}"
             $T 60 $L --max-batch 32 --concurrency 64 --requests 3000 --json "$OUT/e4_eager.json" 2>&1 | log
             $T 200 $L $C --concurrency 1,8,64,256 --requests 6000 --json "$OUT/e4_bf16.json" 2>&1 | log
@@ -96,8 +97,7 @@ for step in $steps; do
     engine4b) # after engine4 on the same machine (about 8 min): the fixed policy's identity with one process and with
             # four (which separates "kernels chosen per process" from "position at bucket 32"), four again with
             # inductor's deterministic mode, compiled float32 (one cold bucket) at 64, nvJPEG with 8 processes
-            P=${PACKAGE:-/tmp/pkg384/stretch}
-            L="python3 benchmarks/server_load.py --model $P --image-side 720 --device cuda:0 --client-processes 4 --cap-s 6"
+            L="$PL --cap-s 6"
             F="--max-batch 32 --server-arg=--batch-policy=fixed --server-arg=--compile=auto --server-arg=--buckets=32 --server-arg=--dtype=bfloat16"
             $T 80 $L $F --concurrency 64 --requests 3000 --check --json "$OUT/e4_fixed_check_1.json" 2>&1 | log
             $T 90 $L $F --server-arg=--processes=4 --concurrency 64 --requests 3000 --check \
@@ -109,8 +109,7 @@ for step in $steps; do
     engine5) # the compact set for a short lease, right after engine_device.py with the same BUCKETS (default 8,32;
             # warm cache): compiled bfloat16 at 1/8/64/256, --processes 8 at 64/256, fixed policy --processes 4 --check
             # (about 4.5 min)
-            P=${PACKAGE:-/tmp/pkg384/stretch}
-            L="python3 benchmarks/server_load.py --model $P --image-side 720 --device cuda:0 --client-processes 4 --cap-s 5"
+            L="$PL --cap-s 5"
             C="--server-arg=--compile=auto --max-batch 32 --server-arg=--dtype=bfloat16 --server-arg=--buckets=${BUCKETS:-8,32}"
             $T 95 $L $C --concurrency 1,8,64,256 --requests 6000 --json "$OUT/e5_bf16.json" 2>&1 | log
             $T 100 $L $C --server-arg=--processes=8 --concurrency 64,256 --requests 8000 --json "$OUT/e5_processes8.json" 2>&1 | log

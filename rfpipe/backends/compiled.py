@@ -315,6 +315,15 @@ class CompiledForward:
         bar = tqdm(self.buckets, desc=f"compiling {self.name}", unit="bucket", file=sys.stderr)
         return bar, lambda bucket: bar.set_postfix_str(f"batch {bucket}")
 
+    def _cache_tag(self) -> str:
+        """A short key of what this forward compiles, beyond the cache directory's own key: its warm marks' name."""
+        compiler = self._compiler if isinstance(self._compiler, str) else getattr(
+            self._compiler, "__qualname__", type(self._compiler).__name__)
+        inductor_env = sorted((k, v) for k, v in os.environ.items()
+                              if k.startswith("TORCHINDUCTOR_") and k != "TORCHINDUCTOR_CACHE_DIR")
+        fields = (self.name, self.input_size, self.cudagraphs, compiler, matmul_settings(), inductor_env)
+        return hashlib.sha256(repr(fields).encode()).hexdigest()[:12]
+
     def _warm(self, progress: bool) -> None:
         self._limit_recompiles()
         previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
@@ -323,13 +332,8 @@ class CompiledForward:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.cache_dir)
         width, height = self.input_size
         try:
-            compiler = self._compiler if isinstance(self._compiler, str) else getattr(
-                self._compiler, "__qualname__", type(self._compiler).__name__)
-            inductor_env = sorted((k, v) for k, v in os.environ.items()
-                                  if k.startswith("TORCHINDUCTOR_") and k != "TORCHINDUCTOR_CACHE_DIR")
-            tag = hashlib.sha256(repr((self.name, self.input_size, self.cudagraphs, compiler, matmul_settings(),
-                                       inductor_env)).encode()).hexdigest()[:12]
-            with cache_turn(self.cache_dir, self.buckets, tag) as warm, compile_threads(1 if warm else None):
+            with cache_turn(self.cache_dir, self.buckets, self._cache_tag()) as warm, \
+                    compile_threads(1 if warm else None):
                 self.cache_warm = warm
                 buckets, show = self._progress(progress)
                 for bucket in buckets:
