@@ -11,10 +11,10 @@
 #            package, so every server here starts warm; about 5 min): eager at concurrency 64 (the baseline),
 #            compiled bfloat16 at 1/8/64/256, --processes 8 at 64/256, --processes 8 --gpu-decode at 64,
 #            --processes 4 at 64, compiled float32 at 64; clients spread over 4 processes
-#   engine4  one GPU, right after benchmarks/engine_device.py with PACKAGE=/tmp/pkg384/stretch BUCKETS=1,8,32
-#            (about 9 min): eager at 64, compiled bfloat16 (buckets 1,8,32) at 1/8/64/256, --max-wait-ms 0 at 1,
-#            --processes 4 at 64/256; engine4b (about 8 min): the fixed policy's identity with 1 and 4 processes
-#            (and 4 with TORCHINDUCTOR_DETERMINISTIC=1), compiled float32 at 64
+#   engine4  issue 11's table, call 1 (about 8.5 min cold): eager and compiled bfloat16 (buckets 1,8,32) at
+#            1/8/64/256, --max-wait-ms 0 at 1/8/64, nvJPEG at 1, --processes 8 at 64/256 and with --max-wait-ms 0;
+#            engine4b, call 2 on the same machine (about 8 min): the fixed policy's identity with 1 and 4 processes
+#            (and 4 with TORCHINDUCTOR_DETERMINISTIC=1), --processes 8 --gpu-decode, compiled float32 at 1/8/64/256
 #   engine5  the compact set run on 2026-12-06 (compiled bfloat16, --processes 8, fixed --processes 4 --check)
 #   levels   one GPU: concurrency 1/8/64, correctness under load (--check), batching gain vs --max-batch 1
 #   fp32     one GPU, TF32 off (NVIDIA_TF32_OVERRIDE=0): correctness under load and its batching gain
@@ -82,30 +82,40 @@ for step in $steps; do
             $T 60 $L $C --server-arg=--processes=4 --concurrency 64 --requests 8000 --json "$OUT/e3_processes4.json" 2>&1 | log
             $T 45 $L --server-arg=--compile=auto --max-batch 32 --server-arg=--dtype=float32 --server-arg=--buckets=32 \
               --concurrency 64 --requests 3000 --json "$OUT/e3_fp32.json" 2>&1 | log ;;
-    engine4) # what issue 11's table still lacks, one call (about 9 min), right after `BUCKETS=1,8,32
-            # PACKAGE=/tmp/pkg384/stretch benchmarks/engine_device.py` on the same machine (its compile cache then holds
-            # the bfloat16 buckets; on a fresh machine the first compiled row compiles them, about 110 s). Every row prints
-            # server_ready_s. Eager at 64 (the same run's baseline); compiled bfloat16, one process, at 1/8/64/256;
-            # --max-wait-ms 0 at 1 (no wait for company); --processes 4 at 64/256.
+    engine4) # issue 11's table, call 1 of 2 (about 8.5 min on a fresh machine: the bfloat16 row compiles buckets
+            # 1, 8 and 32 cold, about 110 s): every row prints server_ready_s. Today's path (eager) and compiled bfloat16
+            # (one process) at 1/8/64/256; --max-wait-ms 0 at 1/8/64 (no wait for company); --max-wait-ms 0 with
+            # --gpu-decode at 1 (nvJPEG, not exact); --processes 8 at 64/256 and --processes 8 --max-wait-ms 0 at 64
+            # (buckets 8 and 32, from the cache the one-process row filled).
             L="$PL --cap-s 6"
-            C="--server-arg=--compile=auto --max-batch 32 --server-arg=--dtype=bfloat16 --server-arg=--buckets=${BUCKETS:-1,8,32}"
-            $T 60 $L --max-batch 32 --concurrency 64 --requests 3000 --json "$OUT/e4_eager.json" 2>&1 | log
-            $T 200 $L $C --concurrency 1,8,64,256 --requests 6000 --json "$OUT/e4_bf16.json" 2>&1 | log
-            $T 60 $L $C --max-wait-ms 0 --concurrency 1 --requests 2000 --json "$OUT/e4_bf16_nowait.json" 2>&1 | log
-            $T 150 $L $C --server-arg=--processes=4 --concurrency 64,256 --requests 8000 \
-              --json "$OUT/e4_processes4.json" 2>&1 | log ;;
-    engine4b) # after engine4 on the same machine (about 8 min): the fixed policy's identity with one process and with
-            # four (which separates "kernels chosen per process" from "position at bucket 32"), four again with
-            # inductor's deterministic mode, compiled float32 (one cold bucket) at 64, nvJPEG with 8 processes
+            C="--server-arg=--compile=auto --max-batch 32 --server-arg=--dtype=bfloat16"
+            B1="--server-arg=--buckets=${BUCKETS:-1,8,32}"
+            B8="--server-arg=--buckets=8,32"
+            $T 75 $L --max-batch 32 --concurrency 1,8,64,256 --requests 3000 --json "$OUT/e4_eager.json" 2>&1 | log
+            $T 210 $L $C $B1 --concurrency 1,8,64,256 --requests 6000 --json "$OUT/e4_bf16.json" 2>&1 | log
+            $T 60 $L $C $B1 --max-wait-ms 0 --concurrency 1,8,64 --requests 4000 --json "$OUT/e4_bf16_nowait.json" 2>&1 | log
+            $T 45 $L $C $B1 --max-wait-ms 0 --server-arg=--gpu-decode --concurrency 1 --requests 2000 \
+              --json "$OUT/e4_bf16_nowait_nvjpeg.json" 2>&1 | log
+            $T 95 $L $C $B8 --server-arg=--processes=8 --concurrency 64,256 --requests 8000 \
+              --json "$OUT/e4_processes8.json" 2>&1 | log
+            $T 80 $L $C $B8 --server-arg=--processes=8 --max-wait-ms 0 --concurrency 64 --requests 8000 \
+              --json "$OUT/e4_processes8_nowait.json" 2>&1 | log ;;
+    engine4b) # call 2 of 2, on the machine of call 1 (about 8 min; on a fresh one the first row compiles bucket 32):
+            # the fixed policy's identity under load with one process, with four that load one compile from the cache,
+            # and four with inductor's deterministic mode (compiled anew); --processes 8 --gpu-decode at 64/256;
+            # compiled float32 (buckets 8 and 32, compiled cold) at 1/8/64/256
             L="$PL --cap-s 6"
             F="--max-batch 32 --server-arg=--batch-policy=fixed --server-arg=--compile=auto --server-arg=--buckets=32 --server-arg=--dtype=bfloat16"
-            $T 80 $L $F --concurrency 64 --requests 3000 --check --json "$OUT/e4_fixed_check_1.json" 2>&1 | log
-            $T 90 $L $F --server-arg=--processes=4 --concurrency 64 --requests 3000 --check \
+            $T 90 $L $F --concurrency 64 --requests 3000 --check --json "$OUT/e4_fixed_check_1.json" 2>&1 | log
+            $T 80 $L $F --server-arg=--processes=4 --concurrency 64 --requests 3000 --check \
               --json "$OUT/e4_fixed_check_4.json" 2>&1 | log
-            TORCHINDUCTOR_DETERMINISTIC=1 $T 150 $L $F --server-arg=--processes=4 --concurrency 64 --requests 3000 --check \
+            TORCHINDUCTOR_DETERMINISTIC=1 $T 120 $L $F --server-arg=--processes=4 --concurrency 64 --requests 3000 --check \
               --json "$OUT/e4_fixed_check_4_deterministic.json" 2>&1 | log
-            $T 120 $L --server-arg=--compile=auto --max-batch 32 --server-arg=--dtype=float32 --server-arg=--buckets=32 \
-              --concurrency 64 --requests 4000 --json "$OUT/e4_fp32.json" 2>&1 | log ;;
+            $T 90 $L --server-arg=--compile=auto --max-batch 32 --server-arg=--dtype=bfloat16 --server-arg=--buckets=8,32 \
+              --server-arg=--processes=8 --server-arg=--gpu-decode --concurrency 64,256 --requests 8000 \
+              --json "$OUT/e4_processes8_nvjpeg.json" 2>&1 | log
+            $T 160 $L --server-arg=--compile=auto --max-batch 32 --server-arg=--dtype=float32 --server-arg=--buckets=8,32 \
+              --concurrency 1,8,64,256 --requests 4000 --json "$OUT/e4_fp32.json" 2>&1 | log ;;
     engine5) # the compact set for a short lease, right after engine_device.py with the same BUCKETS (default 8,32;
             # warm cache): compiled bfloat16 at 1/8/64/256, --processes 8 at 64/256, fixed policy --processes 4 --check
             # (about 4.5 min)
