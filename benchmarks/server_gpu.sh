@@ -12,7 +12,7 @@
 #            compiled bfloat16 at 1/8/64/256, --processes 8 at 64/256, --processes 8 --gpu-decode at 64,
 #            --processes 4 at 64, compiled float32 at 64; clients spread over 4 processes
 #   engine4  issue 11's table, call 1 (about 8.5 min cold): eager and compiled bfloat16 (buckets 1,8,32) at
-#            1/8/64/256, --max-wait-ms 0 at 1/8/64, nvJPEG at 1, --processes 8 at 64/256 and with --max-wait-ms 0;
+#            1/8/64/256, --max-wait-ms 0 at 1/8/64, nvJPEG at 1, --processes 8 at 64/256, --processes 4 and 8 with --max-wait-ms 0;
 #            engine4b, call 2 on the same machine (about 8 min): the fixed policy's identity with 1 and 4 processes
 #            (and 4 with TORCHINDUCTOR_DETERMINISTIC=1), --processes 8 --gpu-decode, compiled float32 at 1/8/64/256
 #   engine5  the compact set run on 2026-12-06 (compiled bfloat16, --processes 8, fixed --processes 4 --check)
@@ -85,8 +85,9 @@ for step in $steps; do
     engine4) # issue 11's table, call 1 of 2 (about 8.5 min on a fresh machine: the bfloat16 row compiles buckets
             # 1, 8 and 32 cold, about 110 s): every row prints server_ready_s. Today's path (eager) and compiled bfloat16
             # (one process) at 1/8/64/256; --max-wait-ms 0 at 1/8/64 (no wait for company); --max-wait-ms 0 with
-            # --gpu-decode at 1 (nvJPEG, not exact); --processes 8 at 64/256 and --processes 8 --max-wait-ms 0 at 64
-            # (buckets 8 and 32, from the cache the one-process row filled).
+            # --gpu-decode at 1 (nvJPEG, not exact); --processes 8 at 64/256, --processes 4 --max-wait-ms 0 at 64/256 and
+            # --processes 8 --max-wait-ms 0 at 64 (buckets 8 and 32, from the cache the one-process row filled; fewer
+            # processes share the GPU by fewer time slices).
             L="$PL --cap-s 6"
             C="--server-arg=--compile=auto --max-batch 32 --server-arg=--dtype=bfloat16"
             B1="--server-arg=--buckets=${BUCKETS:-1,8,32}"
@@ -98,6 +99,8 @@ for step in $steps; do
               --json "$OUT/e4_bf16_nowait_nvjpeg.json" 2>&1 | log
             $T 95 $L $C $B8 --server-arg=--processes=8 --concurrency 64,256 --requests 8000 \
               --json "$OUT/e4_processes8.json" 2>&1 | log
+            $T 70 $L $C $B8 --server-arg=--processes=4 --max-wait-ms 0 --concurrency 64,256 --requests 8000 \
+              --json "$OUT/e4_processes4_nowait.json" 2>&1 | log
             $T 80 $L $C $B8 --server-arg=--processes=8 --max-wait-ms 0 --concurrency 64 --requests 8000 \
               --json "$OUT/e4_processes8_nowait.json" 2>&1 | log ;;
     engine4b) # call 2 of 2, on the machine of call 1 (about 8 min; on a fresh one the first row compiles bucket 32):
