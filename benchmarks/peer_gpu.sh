@@ -8,7 +8,8 @@
 #
 # .peer/ holds the wheels the device lacks beyond .whl/ (inference, roboflow-workflows, streamvision,
 # inference-sdk and their start-up imports; 35 wheels, 18.0 MB; list in benchmarks/peer_wheels.txt);
-# they go into /tmp/site beside .whl's. To fetch them (uncommitted, .gitignore'd):
+# they go into their own folder, /tmp/peersite (pip --target --upgrade into /tmp/site would replace
+# its bin/, py-spy included), on the server's PYTHONPATH ahead of /tmp/site. To fetch them (uncommitted, .gitignore'd):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     --platform manylinux1_x86_64 --platform any -d .peer -r benchmarks/peer_wheels.txt The app is
@@ -25,6 +26,7 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 OUT=${OUT:-/tmp/peer_out}; mkdir -p "$OUT"
 SITE=${SITE:-/tmp/site}
+PEERSITE=${PEERSITE:-/tmp/peersite}
 DEV=${PEER_DEVICE:-cuda:0}
 PORT=${PEER_PORT:-9702}
 case ":${PYTHONPATH:-}:" in *":$SITE:"*) ;; *) export PYTHONPATH="$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}" ;; esac
@@ -33,12 +35,13 @@ log() { grep --line-buffered -v -E "UserWarning|FutureWarning|DeprecationWarning
 started=$(date +%s)
 
 # 1. the peer's wheels, once per machine
-if [ ! -f "$SITE/.peer_installed" ]; then
+if [ ! -f "$PEERSITE/.installed" ]; then
   ls .peer/*.whl >/dev/null 2>&1 || { echo "peer_gpu: no .peer/*.whl (carry .peer)"; exit 2; }
-  $T 180 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" --upgrade .peer/*.whl \
-    && touch "$SITE/.peer_installed" || { echo "peer_gpu: installing .peer wheels failed"; exit 2; }
+  $T 180 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$PEERSITE" --upgrade .peer/*.whl \
+    && touch "$PEERSITE/.installed" || { echo "peer_gpu: installing .peer wheels failed"; exit 2; }
 fi
-python3 -c "import importlib.metadata as m; print('peer:', *(f'{d} {m.version(d)}' for d in ('inference', 'inference-models', 'roboflow-workflows', 'fastapi', 'pydantic', 'torch')))"
+PEERPATH="$PEERSITE:$PYTHONPATH"
+PYTHONPATH=$PEERPATH python3 -c "import importlib.metadata as m; print('peer:', *(f'{d} {m.version(d)}' for d in ('inference', 'inference-models', 'roboflow-workflows', 'fastapi', 'pydantic', 'torch')))"
 
 # 2. the package: the untrained Nano 384 stretch package with a model_config.json for the torch backend
 [ -d /tmp/pkg384/stretch ] || $T 240 python3 -c "from rfpipe.testing.untrained import build_packages; build_packages('/tmp/pkg384', resolution=384, onnx=False)" 2>&1 | log
@@ -51,7 +54,7 @@ mkdir -p /tmp/peerrun/inference/landing/out/static /tmp/peerrun/inference/landin
 # 3. the server (its own process; stopped on exit, whatever happens)
 ACCESS=--no-access-log; [ "${PEER_ACCESS_LOG:-0}" = 1 ] && ACCESS=
 ( cd /tmp/peerrun && exec env ALLOW_INFERENCE_MODELS_DIRECTLY_ACCESS_LOCAL_PACKAGES=True OFFLINE_MODE=True \
-    DISABLE_VERSION_CHECK=True DEFAULT_DEVICE="$DEV" MODEL_CACHE_DIR=/tmp/peer-cache \
+    DISABLE_VERSION_CHECK=True DEFAULT_DEVICE="$DEV" MODEL_CACHE_DIR=/tmp/peer-cache PYTHONPATH="$PEERPATH" \
     python3 -m uvicorn --app-dir "$REPO/benchmarks" inference_peer_app:app --host 127.0.0.1 --port "$PORT" $ACCESS \
     > "$OUT/peer_server.log" 2>&1 ) &
 PID=$!
