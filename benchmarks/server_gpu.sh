@@ -13,8 +13,9 @@
 #            --processes 4 at 64, compiled float32 at 64; clients spread over 4 processes
 #   engine4  issue 11's table, call 1 (about 8.5 min cold): eager and compiled bfloat16 (buckets 1,8,32) at
 #            1/8/64/256, --max-wait-ms 0 at 1/8/64, nvJPEG at 1, --processes 8 at 64/256, --processes 4 and 8 with --max-wait-ms 0;
-#            engine4b, call 2 on the same machine (about 8 min): the fixed policy's identity with 1 and 4 processes
-#            (and 4 with TORCHINDUCTOR_DETERMINISTIC=1), --processes 8 --gpu-decode, compiled float32 at 1/8/64/256
+#            engine4b, call 2 on the same machine (about 8 min): the fixed policy's identity with 1 and 4 processes,
+#            the peer (peer_gpu.sh), compiled float32 at 1/8/64/256, then as time allows 4 processes under
+#            TORCHINDUCTOR_DETERMINISTIC=1 and --processes 8 --gpu-decode
 #   engine5  the compact set run on 2026-12-06 (compiled bfloat16, --processes 8, fixed --processes 4 --check)
 #   levels   one GPU: concurrency 1/8/64, correctness under load (--check), batching gain vs --max-batch 1
 #   fp32     one GPU, TF32 off (NVIDIA_TF32_OVERRIDE=0): correctness under load and its batching gain
@@ -104,21 +105,28 @@ for step in $steps; do
             $T 80 $L $C $B8 --server-arg=--processes=8 --max-wait-ms 0 --concurrency 64 --requests 8000 \
               --json "$OUT/e4_processes8_nowait.json" 2>&1 | log ;;
     engine4b) # call 2 of 2, on the machine of call 1 (about 8 min; on a fresh one the first row compiles bucket 32):
-            # the fixed policy's identity under load with one process, with four that load one compile from the cache,
-            # and four with inductor's deterministic mode (compiled anew); --processes 8 --gpu-decode at 64/256;
-            # compiled float32 (buckets 8 and 32, compiled cold) at 1/8/64/256
+            # the fixed policy's identity under load with one process and with four that load one compile from the
+            # cache; the peer (benchmarks/peer_gpu.sh, carry .peer too); compiled float32 (buckets 8 and 32, cold) at
+            # 1/8/64/256; then, while the call has time: four processes under inductor's deterministic mode (when four
+            # were not all identical), --processes 8 --gpu-decode at 64/256
             L="$PL --cap-s 6"
             F="--max-batch 32 --server-arg=--batch-policy=fixed --server-arg=--compile=auto --server-arg=--buckets=32 --server-arg=--dtype=bfloat16"
             $T 90 $L $F --concurrency 64 --requests 3000 --check --json "$OUT/e4_fixed_check_1.json" 2>&1 | log
             $T 80 $L $F --server-arg=--processes=4 --concurrency 64 --requests 3000 --check \
               --json "$OUT/e4_fixed_check_4.json" 2>&1 | log
-            TORCHINDUCTOR_DETERMINISTIC=1 $T 120 $L $F --server-arg=--processes=4 --concurrency 64 --requests 3000 --check \
-              --json "$OUT/e4_fixed_check_4_deterministic.json" 2>&1 | log
-            $T 90 $L --server-arg=--compile=auto --max-batch 32 --server-arg=--dtype=bfloat16 --server-arg=--buckets=8,32 \
-              --server-arg=--processes=8 --server-arg=--gpu-decode --concurrency 64,256 --requests 8000 \
-              --json "$OUT/e4_processes8_nvjpeg.json" 2>&1 | log
+            [ -d .peer ] && $T 200 bash benchmarks/peer_gpu.sh 2>&1 | log
             $T 160 $L --server-arg=--compile=auto --max-batch 32 --server-arg=--dtype=float32 --server-arg=--buckets=8,32 \
-              --concurrency 1,8,64,256 --requests 4000 --json "$OUT/e4_fp32.json" 2>&1 | log ;;
+              --concurrency 1,8,64,256 --requests 4000 --json "$OUT/e4_fp32.json" 2>&1 | log
+            identical=$(python3 -c "import json; print(json.load(open('$OUT/e4_fixed_check_4.json'))['check']['identical'])" 2>/dev/null)
+            if [ "${identical:-0}" != 64 ] && [ $SECONDS -lt $((${CALL_S:-560} - 120)) ]; then
+              TORCHINDUCTOR_DETERMINISTIC=1 $T 120 $L $F --server-arg=--processes=4 --concurrency 64 --requests 3000 --check \
+                --json "$OUT/e4_fixed_check_4_deterministic.json" 2>&1 | log
+            fi
+            if [ $SECONDS -lt $((${CALL_S:-560} - 90)) ]; then
+              $T 90 $L --server-arg=--compile=auto --max-batch 32 --server-arg=--dtype=bfloat16 --server-arg=--buckets=8,32 \
+                --server-arg=--processes=8 --server-arg=--gpu-decode --concurrency 64,256 --requests 8000 \
+                --json "$OUT/e4_processes8_nvjpeg.json" 2>&1 | log
+            fi ;;
     engine5) # the compact set for a short lease, right after engine_device.py with the same BUCKETS (default 8,32;
             # warm cache): compiled bfloat16 at 1/8/64/256, --processes 8 at 64/256, fixed policy --processes 4 --check
             # (about 4.5 min)
