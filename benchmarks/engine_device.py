@@ -12,8 +12,9 @@ Untrained RF-DETR Nano package (torch weights, stretch, RESOLUTION), built here.
 5. batch_policy="fixed": 64 different images, each alone, at every position of a full batch among the
    others, and in shuffled batches: raw outputs and detections bit-identical or not;
 6. end to end through the engine, 720p JPEG bytes -> detections: OpenCV decode pool (the engine's
-   default threads, 12 on 16 cores; pinned staging) and nvJPEG (gpu_decode=True), at max_batch 1/8/32; per-stage times (decode,
-   preprocess, forward, post-process, each timed alone) and the ratio of each to its floor;
+   default threads, 12 on 16 cores; pinned staging) and nvJPEG (gpu_decode=True), at max_batch 1/8/32;
+   per-stage times (decode, preprocess, forward, post-process, each timed alone) and the ratio of each
+   to its floor;
 7. batch-1 latency from a decoded frame (Detector call and engine submit -> result);
 8. inference-models 0.39's torch model on the same package and bytes, default and
    optimize_for_inference(compile=True) at batch 8, when it imports (run right after step 2);

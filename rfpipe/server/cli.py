@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-policy", choices=BATCH_POLICIES, default="dynamic",
                    help="dynamic: batches run at the size that arrived; fixed: every batch is padded to "
                         "--max-batch, so an answer does not depend on what else arrived (docs/serving.md)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the first image of a batch waits for company (0: no wait, the lowest latency for a few clients)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long the first image of a batch waits for company (0: no wait, the lowest latency "
+                        "for a few clients)")
     p.add_argument("--queue-size", type=int, default=256, help="images admitted before answering 503")
     p.add_argument("--request-timeout", type=float, default=30.0, help="seconds from admission to result before 504")
     p.add_argument("--body-timeout", type=float, default=30.0,
